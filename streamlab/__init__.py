@@ -1,0 +1,40 @@
+"""streamlab: reproduce, measure and fix streaming response cutoffs in LLM agent apps, offline.
+
+    import streamlab as sl
+    from streamlab.faults import Cut, Stall
+
+    with sl.MockLLM(tokens=40, itl=0.02) as mock:
+        client = openai.OpenAI(base_url=mock.base_url_for(Cut(at=12)), api_key="unused")
+        run = sl.record(lambda: client.chat.completions.create(model="m", messages=msgs, stream=True),
+                        expected=40)
+        run.outcome                      # Outcome.CUT_MID_STREAM, httpx.RemoteProtocolError
+
+Taught in notebooks/00_start_here.ipynb. The hops between client and model
+(proxy, nginx, app servers, balancer) live in ``streamlab.hops`` and friends.
+"""
+
+from . import faults
+from ._mock import Journal, JournalEntry, MockApp, MockLLM
+from ._offline import NetworkBlocked, offline
+from ._playground import playground, run_scenario
+from ._plots import Comparison, compare, plot_hops, plot_runs, table
+from ._recorder import Outcome, Run, StreamErrorEvent, arecord, record
+from ._servers import Server, running_servers, stop_all
+from ._sse import chat_request, sse_events
+from ._timeline import HopEvent, HopLog
+from ._timescale import current_time_scale, time_scale
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "faults",
+    "MockLLM", "MockApp", "Journal", "JournalEntry",
+    "record", "arecord", "Run", "Outcome", "StreamErrorEvent",
+    "compare", "Comparison", "table", "plot_runs", "plot_hops",
+    "playground", "run_scenario",
+    "sse_events", "chat_request",
+    "time_scale", "current_time_scale",
+    "HopLog", "HopEvent",
+    "Server", "running_servers", "stop_all",
+    "offline", "NetworkBlocked",
+]

@@ -1,0 +1,439 @@
+"""Real app servers as subprocesses: ``uvicorn`` and ``gunicorn`` exactly as a reader runs them.
+
+    >>> import streamlab as sl
+    >>> with sl.Gunicorn("streamlab.apps.ticker:app", workers=2, timeout=30) as server:
+    ...     print(server.command)            # the command line, as in the article
+    ...     server.worker_pids()             # [4242, 4243]
+    ...     server.kill_worker(0)            # SIGKILL the oldest worker mid-stream
+    ...     server.log_lines("TIMEOUT")      # ['[...] [4240] [CRITICAL] WORKER TIMEOUT (pid:4243)']
+
+Each server is a ``streamlab.Server``: it binds 127.0.0.1 on a free port, is
+listed by ``running_servers()`` while up, and stops on ``with`` exit, on error, on
+kernel interrupt and at interpreter exit. The process runs in a session of its
+own (Ctrl-C in the kernel does not reach it; ``stop()`` signals the whole group:
+SIGTERM, then SIGKILL after ``stop_grace`` seconds) and gets SIGTERM if the
+Python thread that started it dies (Linux ``PR_SET_PDEATHSIG``: start servers from
+the main thread, as notebooks and tests do).
+
+Durations are scenario seconds (``streamlab.time_scale``). uvicorn's and
+gunicorn's command-line options only take whole seconds, so a converted value is
+rounded up to at least 1 s; ``server.settings`` shows what was passed.
+
+The child environment is the parent's, plus ``STREAMLAB_TIME_SCALE`` (the factor
+in force at ``start()``), ``PYTHONUNBUFFERED=1``, the streamlab checkout on
+``PYTHONPATH``, and whatever ``env=`` adds (e.g. ``STREAMLAB_MODEL_URL``).
+
+What the servers do with a stream, measured on the pinned versions (see
+tests/test_appserver.py, which pins each of these):
+
+* gunicorn ``--timeout`` is a heartbeat, not a request timeout. A uvicorn worker
+  notifies the arbiter from its event loop (every ``timeout / 2`` s, checked on a
+  1 s tick), so a stream of any length on a healthy loop is never killed. A
+  worker whose loop is blocked by sync code misses its heartbeat and the arbiter
+  logs ``[CRITICAL] WORKER TIMEOUT (pid:N)``, sends SIGABRT (uvicorn workers die
+  at once: ``Worker (pid:N) was sent SIGABRT!``) and forks a new worker. The cut
+  comes ``timeout`` to ``timeout + 1.5`` s after the last heartbeat. A *sync*
+  (WSGI) worker only notifies between requests, so there ``--timeout`` does cap
+  the length of a streamed response.
+* uvicorn on SIGTERM with a stream open logs ``Waiting for connections to
+  close. (CTRL+C to force quit)`` and keeps streaming until the stream ends or
+  ``timeout_graceful_shutdown`` passes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import math
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import psutil
+
+from ._servers import Server, free_port
+from ._timescale import ENV_VAR, current_time_scale, to_real
+
+__all__ = ["AppServer", "Uvicorn", "Gunicorn", "LogLine"]
+
+_ROOT = str(Path(__file__).resolve().parent.parent)  # the checkout that holds streamlab/
+
+try:  # set up before any fork: nothing may be imported between fork and exec
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # pragma: no cover - not Linux
+    _prctl = None
+_PR_SET_PDEATHSIG = 1
+
+
+def _child_setup() -> None:  # runs in the child between fork and exec
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _whole_seconds(seconds: float | None) -> int:
+    """Scenario seconds -> the whole wall-clock seconds a CLI option takes (0 stays 0 = off)."""
+    if not seconds:
+        return 0
+    return max(1, math.ceil(to_real(seconds) - 1e-9))
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """One line the server printed: ``t`` is ``time.perf_counter()`` when it was read."""
+
+    t: float
+    stream: str  # "stdout" or "stderr"
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class AppServer(Server):
+    """Base of the subprocess app servers: command line, log capture, workers, stop.
+
+    Subclasses build ``_command(port)`` and say how to find workers and when one is ready.
+    """
+
+    kind = "app server"
+    _ready_pattern: "re.Pattern[str]"
+
+    def __init__(
+        self,
+        app: str,
+        *,
+        workers: int = 1,
+        env: Mapping[str, str] | None = None,
+        extra_args: Sequence[str] = (),
+        stop_grace: float = 2.0,
+        start_timeout: float = 30.0,
+    ) -> None:
+        super().__init__()
+        if ":" not in app:
+            raise ValueError(f"app must be 'module:attribute', got {app!r}")
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.app = app
+        self.workers = workers
+        self.env = dict(env or {})
+        self.extra_args = list(extra_args)
+        self.stop_grace = stop_grace
+        self.start_timeout = start_timeout
+        self.settings: dict[str, object] = {}
+        self.process: subprocess.Popen | None = None
+        self._lines: list[LogLine] = []
+        self._lines_lock = threading.Lock()
+        self._readers: list[threading.Thread] = []
+
+    # -- the command ---------------------------------------------------------------
+
+    def _command(self, port: int) -> list[str]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @property
+    def command(self) -> str:
+        """The command line as a reader would type it (``python -m`` dropped)."""
+        args = self._command(self.port or 0)
+        return " ".join(args[2:]) if args[1:2] == ["-m"] else " ".join(args)
+
+    def _child_env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env[ENV_VAR] = repr(current_time_scale())
+        env["PYTHONUNBUFFERED"] = "1"
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, env.get("PYTHONPATH", "")) if p)
+        env.update({k: str(v) for k, v in self.env.items()})
+        return env
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def _start(self) -> None:
+        with self._lines_lock:
+            self._lines.clear()
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            self._command(self.port),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=self._child_env(),
+            cwd=_ROOT,
+            start_new_session=True,
+            preexec_fn=_child_setup,
+        )
+        for name, pipe in (("stdout", self.process.stdout), ("stderr", self.process.stderr)):
+            reader = threading.Thread(target=self._read, args=(name, pipe), name=f"{self.kind} {name}", daemon=True)
+            reader.start()
+            self._readers.append(reader)
+        deadline = time.monotonic() + self.start_timeout
+        while not (self._accepts() and len(self._ready_pids()) >= self.workers):
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self.kind} exited with code {self.process.returncode}:\n" + "\n".join(self.log_lines()[-20:]))
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.kind} not ready after {self.start_timeout} s:\n" + "\n".join(self.log_lines()[-20:]))
+            time.sleep(0.01)
+
+    def _read(self, name: str, pipe) -> None:
+        for raw in iter(pipe.readline, b""):
+            line = LogLine(time.perf_counter(), name, raw.decode("utf-8", "replace").rstrip("\r\n"))
+            with self._lines_lock:
+                self._lines.append(line)
+        pipe.close()
+
+    def _accepts(self) -> bool:
+        with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), timeout=0.2):
+            return True
+        return False
+
+    def _stop(self) -> None:
+        proc = self.process
+        if proc is None:
+            return
+        try:
+            family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        except psutil.Error:
+            family = []
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(self.stop_grace)
+        except subprocess.TimeoutExpired:
+            pass
+        _, alive = psutil.wait_procs([p for p in family if p.pid != proc.pid], timeout=0 if proc.poll() is None else 0.5)
+        if proc.poll() is None or alive:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            for p in alive:  # a worker that left the group
+                with contextlib.suppress(psutil.Error):
+                    p.kill()
+            proc.wait(5)
+            psutil.wait_procs(alive, timeout=5)
+        for reader in self._readers:
+            reader.join(2)
+        self._readers.clear()
+        self.process = None
+
+    @property
+    def pid(self) -> int | None:
+        """pid of the server process (the arbiter / supervisor, or the only process)."""
+        return self.process.pid if self.process else None
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    # -- logs ----------------------------------------------------------------------
+
+    @property
+    def logs(self) -> list[LogLine]:
+        """Every line so far (stdout and stderr), with the time it was read."""
+        with self._lines_lock:
+            return list(self._lines)
+
+    def log_lines(self, grep: str | None = None, *, since: float | None = None) -> list[str]:
+        """Lines printed so far; ``grep`` is a regular expression, ``since`` a ``perf_counter()`` time."""
+        pattern = re.compile(grep) if grep else None
+        return [
+            line.text
+            for line in self.logs
+            if (since is None or line.t >= since) and (pattern is None or pattern.search(line.text))
+        ]
+
+    def wait_for_log(self, grep: str, *, timeout: float = 10.0, since: float | None = None) -> LogLine:
+        """Block until a line matching ``grep`` appears (wall-clock ``timeout``); return it."""
+        pattern = re.compile(grep)
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.logs:
+                if (since is None or line.t >= since) and pattern.search(line.text):
+                    return line
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no log line matching {grep!r} within {timeout} s")
+            time.sleep(0.01)
+
+    # -- workers -------------------------------------------------------------------
+
+    def worker_pids(self) -> list[int]:
+        """pids of the processes that serve requests, oldest first."""
+        if not self.alive:
+            return []
+        try:
+            kids = [p for p in psutil.Process(self.pid).children() if self._is_worker(p)]
+            kids.sort(key=lambda p: (p.create_time(), p.pid))
+            return [p.pid for p in kids]
+        except psutil.Error:
+            return []
+
+    def _is_worker(self, proc: psutil.Process) -> bool:
+        return proc.status() != psutil.STATUS_ZOMBIE
+
+    def _ready_pids(self) -> set[int]:
+        """Workers that have said they are ready (from the log)."""
+        ready = set()
+        for text in self.log_lines(self._ready_pattern.pattern):
+            match = self._ready_pattern.search(text)
+            if match and match.group("pid"):
+                ready.add(int(match.group("pid")))
+        return ready & set(self.worker_pids())
+
+    def kill_worker(self, which: int = 0, *, sig: int = signal.SIGKILL) -> int:
+        """Send ``sig`` (default SIGKILL) to one worker: an index into ``worker_pids()`` or a pid.
+
+        The arbiter/supervisor forks a replacement; ``wait_workers()`` waits for it.
+        Returns the pid that was signalled.
+        """
+        pids = self.worker_pids()
+        pid = which if which in pids else pids[which]
+        os.kill(pid, sig)
+        return pid
+
+    def wait_workers(self, *, timeout: float = 20.0) -> list[int]:
+        """Wait until ``workers`` workers are up and ready again (after a kill or a timeout)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pids = self.worker_pids()
+            if len(pids) == self.workers and set(pids) <= self._ready_pids():
+                return pids
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(pids)}/{self.workers} workers ready after {timeout} s: {pids}")
+            time.sleep(0.01)
+
+
+class Uvicorn(AppServer):
+    """``uvicorn <app> --workers N --timeout-keep-alive K`` in a subprocess.
+
+    Args (keyword-only, durations in scenario seconds):
+        app: "module:attribute", e.g. "streamlab.apps.chat:app".
+        workers: 1 runs one process, which is the worker (``kill_worker(0)`` kills the
+            server; nothing restarts it). More runs uvicorn's supervisor, which restarts
+            a dead worker within about 0.5 s.
+        timeout_keep_alive: idle keep-alive connections are closed after this (uvicorn: 5).
+        timeout_graceful_shutdown: on SIGTERM, streams still open after this are cut
+            (uvicorn: None = wait for them; ``stop()`` SIGKILLs after ``stop_grace``).
+        env: extra environment for the app (``{"STREAMLAB_MODEL_URL": mock.base_url}``).
+        log_level: uvicorn's ``--log-level`` ("info" shows start, access log, shutdown).
+        extra_args: more command-line options, passed as they are.
+        stop_grace: wall-clock seconds between SIGTERM and SIGKILL in ``stop()``.
+    """
+
+    kind = "uvicorn"
+    _ready_pattern = re.compile(r"Started server process \[(?P<pid>\d+)\]")
+
+    def __init__(
+        self,
+        app: str,
+        *,
+        workers: int = 1,
+        timeout_keep_alive: float = 5,
+        timeout_graceful_shutdown: float | None = None,
+        env: Mapping[str, str] | None = None,
+        log_level: str = "info",
+        extra_args: Sequence[str] = (),
+        stop_grace: float = 2.0,
+        start_timeout: float = 30.0,
+    ) -> None:
+        super().__init__(app, workers=workers, env=env, extra_args=extra_args, stop_grace=stop_grace,
+                         start_timeout=start_timeout)
+        self.timeout_keep_alive = timeout_keep_alive
+        self.timeout_graceful_shutdown = timeout_graceful_shutdown
+        self.log_level = log_level
+
+    def _command(self, port: int) -> list[str]:
+        self.settings = {
+            "workers": self.workers,
+            "timeout_keep_alive": _whole_seconds(self.timeout_keep_alive),
+            "timeout_graceful_shutdown": (
+                None if self.timeout_graceful_shutdown is None else _whole_seconds(self.timeout_graceful_shutdown)
+            ),
+        }
+        cmd = [sys.executable, "-m", "uvicorn", self.app, "--host", self.host, "--port", str(port),
+               "--workers", str(self.workers), "--timeout-keep-alive", str(self.settings["timeout_keep_alive"]),
+               "--log-level", self.log_level]
+        if self.settings["timeout_graceful_shutdown"] is not None:
+            cmd += ["--timeout-graceful-shutdown", str(self.settings["timeout_graceful_shutdown"])]
+        return cmd + self.extra_args
+
+    def worker_pids(self) -> list[int]:
+        if self.workers == 1:
+            return [self.pid] if self.alive else []
+        return super().worker_pids()
+
+    def _is_worker(self, proc: psutil.Process) -> bool:
+        # multiprocessing "spawn" children; skip the resource tracker
+        return super()._is_worker(proc) and "spawn_main" in " ".join(proc.cmdline())
+
+    def _ready_pids(self) -> set[int]:
+        # "Started server process [pid]" comes before the app's startup; count the
+        # "Application startup complete." lines that follow as well.
+        started = super()._ready_pids()
+        complete = len(self.log_lines(r"Application startup complete|lifespan' protocol appears unsupported"))
+        return started if complete >= len(self.log_lines(self._ready_pattern.pattern)) else set()
+
+
+class Gunicorn(AppServer):
+    """``gunicorn <app> -w N -k <worker_class> --timeout T`` in a subprocess.
+
+    Args (keyword-only, durations in scenario seconds):
+        app: "module:attribute". A WSGI app needs ``worker_class="sync"`` (or "gthread").
+        workers: worker processes forked by the arbiter; a dead one is replaced.
+        worker_class: "uvicorn_worker.UvicornWorker" (ASGI, the article's ``-k``), "sync", "gthread".
+        timeout: gunicorn's worker heartbeat timeout (gunicorn: 30; 0 = off). Not a
+            request timeout: see the module docstring for when it cuts a stream.
+        graceful_timeout: on SIGTERM, workers still busy after this are killed (gunicorn: 30).
+        keepalive: seconds an idle keep-alive connection is held (gunicorn: 2).
+        env, log_level, extra_args, stop_grace: as for ``Uvicorn``.
+
+    The command adds ``--no-control-socket`` (gunicorn 27 would otherwise open one
+    shared socket in $HOME for every instance), ``--access-logfile -`` (so requests
+    show in ``log_lines()``) and a hooks module that logs ``worker ready (pid:N)``.
+    """
+
+    kind = "gunicorn"
+    _ready_pattern = re.compile(r"streamlab\.gunicorn worker ready \(pid:(?P<pid>\d+)\)")
+
+    def __init__(
+        self,
+        app: str,
+        *,
+        workers: int = 1,
+        worker_class: str = "uvicorn_worker.UvicornWorker",
+        timeout: float = 30,
+        graceful_timeout: float = 30,
+        keepalive: float = 2,
+        env: Mapping[str, str] | None = None,
+        log_level: str = "info",
+        extra_args: Sequence[str] = (),
+        stop_grace: float = 2.0,
+        start_timeout: float = 30.0,
+    ) -> None:
+        super().__init__(app, workers=workers, env=env, extra_args=extra_args, stop_grace=stop_grace,
+                         start_timeout=start_timeout)
+        self.worker_class = worker_class
+        self.timeout = timeout
+        self.graceful_timeout = graceful_timeout
+        self.keepalive = keepalive
+        self.log_level = log_level
+
+    def _command(self, port: int) -> list[str]:
+        self.settings = {
+            "workers": self.workers,
+            "worker_class": self.worker_class,
+            "timeout": _whole_seconds(self.timeout),
+            "graceful_timeout": _whole_seconds(self.graceful_timeout),
+            "keepalive": _whole_seconds(self.keepalive),
+        }
+        return [
+            sys.executable, "-m", "gunicorn", self.app, "--bind", f"{self.host}:{port}",
+            "--workers", str(self.workers), "--worker-class", self.worker_class,
+            "--timeout", str(self.settings["timeout"]), "--graceful-timeout", str(self.settings["graceful_timeout"]),
+            "--keep-alive", str(self.settings["keepalive"]), "--log-level", self.log_level,
+            "--access-logfile", "-", "--no-control-socket", "--config", "python:streamlab.apps._gunicorn_hooks",
+            *self.extra_args,
+        ]

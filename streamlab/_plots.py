@@ -1,0 +1,205 @@
+"""Timing pictures and the side-by-side table (taught in ``notebooks/00_start_here``).
+
+``plot_runs(*runs)``      one panel per run: cumulative tokens received over time,
+                          a rug of arrivals, the expected total dashed, the cut or
+                          stall marked.
+``plot_hops(run, hops)``  what each hop sent and received over time (model, proxy,
+                          client), so a hold-back or a cut shows at its hop.
+``compare(broken, fixed)``  a small table and the figure for a broken/fixed pair.
+
+Tables print times with decimals and a unit ("0.412 s"); the notebooks' sanitize
+file replaces exactly those, so outcomes and counts are compared by nbval while
+timings are not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Sequence
+
+from ._recorder import Outcome, Run
+from ._timeline import HopLog
+from ._timescale import current_time_scale
+
+__all__ = ["plot_runs", "plot_hops", "compare", "Comparison", "table"]
+
+COLORS = {
+    Outcome.COMPLETE: "#2a9d8f", Outcome.TRUNCATED_BY_LENGTH: "#e9c46a", Outcome.CUT_MID_STREAM: "#e63946",
+    Outcome.SILENT_TRUNCATION: "#f4a261", Outcome.STALLED: "#9d4edd", Outcome.BUFFERED: "#457b9d",
+    Outcome.ERROR_BEFORE_STREAM: "#6c757d", Outcome.CLIENT_ABORTED: "#adb5bd",
+}
+
+
+def _t(value: float | None) -> str:
+    """A measured duration in scenario seconds, always with decimals (the sanitizer's hook)."""
+    if value is None:
+        return "-"
+    return f"{value:.3f} s"
+
+
+def table(runs: Sequence[Run]) -> str:
+    """A plain-text table of runs: outcome, tokens got/expected, error, TTFT, ITL p50/p99, E2E, bytes."""
+    header = ("run", "outcome", "tokens", "error", "TTFT", "ITL p50", "ITL p99", "E2E")
+    rows = [header]
+    for i, run in enumerate(runs):
+        got = f"{run.tokens}/{run.expected}" if run.expected is not None else str(run.tokens)
+        rows.append((run.label or f"run {i + 1}", str(run.outcome), got, run.error_class,
+                     _t(run.ttft), _t(run.itl_p50), _t(run.itl_p99), _t(run.e2e)))
+    # Timing columns are fixed-width so sanitized text lines up the same way on every run.
+    widths = [max(len(r[i]) for r in rows) if i < 4 else 10 for i in range(len(header))]
+    lines = []
+    for row in rows:
+        cells = [c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def _plt():
+    import matplotlib
+
+    if matplotlib.get_backend().lower() not in ("module://matplotlib_inline.backend_inline", "inline"):
+        try:
+            from IPython import get_ipython
+
+            if get_ipython() is None:
+                matplotlib.use("Agg")
+        except ImportError:  # pragma: no cover
+            matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _draw_run(ax: Any, run: Run, *, title: str | None = None) -> None:
+    times = run.relative()
+    color = COLORS.get(run.outcome, "black")
+    counts = list(range(1, len(times) + 1))
+    if times:
+        ax.step([0.0] + times, [0] + counts, where="post", color=color, lw=2)
+        ax.plot(times, [0] * len(times), "|", color=color, ms=10, alpha=0.6)
+    end = run.e2e
+    if run.expected:
+        ax.axhline(run.expected, ls="--", color="grey", lw=1)
+        ax.text(0, run.expected, " expected", va="bottom", fontsize=8, color="grey")
+    if run.error is not None or run.outcome in (Outcome.SILENT_TRUNCATION, Outcome.CLIENT_ABORTED):
+        ax.plot([end], [len(times)], "X", color=color, ms=12)
+        ax.annotate(run.error_class if run.error is not None else str(run.outcome), (end, len(times)),
+                    textcoords="offset points", xytext=(-5, 8), ha="right", fontsize=8, color=color)
+    # the longest silence, when it is much longer than the typical gap
+    gaps = [(b - a, a, b) for a, b in zip([0.0] + times, times + ([end] if run.error is not None else []))]
+    if len(gaps) >= 2:
+        typical = sorted(g for g, _, _ in gaps)[len(gaps) // 2]
+        longest = max(gaps)
+        if longest[0] > 5 * max(typical, 1e-9) and longest[0] > 0.05 * max(end, 1e-9):
+            ax.axvspan(longest[1], longest[2], color=color, alpha=0.12)
+            ax.text((longest[1] + longest[2]) / 2, 0.5 * max(counts or [1]), "silence", ha="center",
+                    fontsize=8, color=color)
+    ax.set_xlim(left=0, right=max(end, 1e-6) * 1.05)
+    ax.set_ylim(bottom=0, top=max(run.expected or 0, len(times), 1) * 1.15)
+    ax.set_title(title or f"{run.label or 'run'}: {run.outcome}", fontsize=10, color=color)
+    ax.set_xlabel("scenario seconds since request" + ("" if current_time_scale() == 1 else
+                                                     f" (x{current_time_scale():g} wall clock)"))
+    ax.set_ylabel("tokens received")
+    ax.grid(alpha=0.3)
+
+
+def plot_runs(*runs: Run, title: str | None = None, sharex: bool = True):
+    """One panel per run, side by side: cumulative tokens over time with cuts and silences marked."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(runs), figsize=(5.2 * len(runs), 3.4), sharex=sharex, squeeze=False)
+    for ax, run in zip(axes[0], runs):
+        _draw_run(ax, run)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_hops(run: Run | None, hops: Iterable[HopLog | tuple[str, HopLog, str]], *, title: str | None = None,
+              t0: float | None = None):
+    """Cumulative bytes over time at every hop: ``hops`` are HopLogs (their "out" events) or
+    ``(label, log, kind)`` triples to pick the kind ("in", "out"). The client's run is drawn last."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(9, 3.6))
+    start = t0 if t0 is not None else (run.t_start if run is not None else None)
+    series = []
+    for hop in hops:
+        label, log, kind = (hop.name + " sent", hop, "out") if isinstance(hop, HopLog) else hop
+        events = log.of(kind)
+        series.append((label, [(e.t, e.nbytes) for e in events]))
+    if start is None:
+        start = min((pts[0][0] for _, pts in series if pts), default=0.0)
+    scale = current_time_scale()
+    for label, pts in series:
+        xs, ys, total = [0.0], [0], 0
+        for t, n in pts:
+            total += n
+            xs.append((t - start) / scale)
+            ys.append(total)
+        ax.step(xs, ys, where="post", lw=2, label=label)
+    if run is not None:
+        xs, ys, total = [0.0], [0], 0
+        sizes = [run.nbytes / max(run.items, 1)] * len(run.arrivals)
+        for t, n in zip(run.arrivals, sizes):
+            total += n
+            xs.append((t - start) / scale)
+            ys.append(total)
+        ax.step(xs, ys, where="post", lw=2, ls="--", color="black", label=f"client got ({run.outcome})")
+        if run.error is not None:
+            ax.plot([(run.t_end - start) / scale], [ys[-1]], "X", color="#e63946", ms=12)
+    ax.set_xlabel("scenario seconds")
+    ax.set_ylabel("bytes (cumulative)")
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(alpha=0.3)
+    ax.set_title(title or "what each hop saw")
+    fig.tight_layout()
+    return fig
+
+
+@dataclass
+class Comparison:
+    """A broken/fixed pair (or more runs): ``.table`` text, ``.figure``, and the runs."""
+
+    runs: list[Run]
+    table: str
+    figure: Any = None
+
+    def __repr__(self) -> str:
+        return self.table
+
+    def __getitem__(self, label: str) -> Run:
+        for run in self.runs:
+            if run.label == label:
+                return run
+        raise KeyError(label)
+
+
+def compare(*runs: Run, title: str | None = None, plot: bool = True, **named: Run) -> Comparison:
+    """Show runs side by side: ``compare(broken=run_a, fixed=run_b)`` prints a table and draws the timelines.
+
+    Keyword names become the run labels. Returns a ``Comparison`` whose repr is
+    the table (what nbval compares); the figure is displayed and closed.
+    """
+    all_runs = list(runs)
+    for label, run in named.items():
+        run.label = label
+        all_runs.append(run)
+    text = table(all_runs)
+    figure = None
+    if plot:
+        figure = plot_runs(*all_runs, title=title)
+        _show(figure)
+    return Comparison(all_runs, text, figure)
+
+
+def _show(figure: Any) -> None:
+    """Display a figure in a notebook (and close it so it is not shown twice); no-op elsewhere."""
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+
+        if get_ipython() is not None:
+            display(figure)
+    except ImportError:  # pragma: no cover
+        pass
+    _plt().close(figure)

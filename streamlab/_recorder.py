@@ -1,0 +1,415 @@
+"""Record any stream a user has and name what happened to it.
+
+``record()`` (sync) and ``arecord()`` (async) wrap an iterable of chunks: raw SSE
+lines from httpx, the openai SDK's stream, or a framework's iterator of events.
+Pass a zero-argument callable instead of the stream itself to also catch errors
+raised while the request is made (a 429, a 504 before headers). Every chunk, the
+terminal marker and any exception are timestamped.
+
+Outcomes, checked in this order::
+
+    exception, no chunk yet ........................ ERROR_BEFORE_STREAM   (STALLED if it is a timeout)
+    exception after some chunks .................... CUT_MID_STREAM        (STALLED if it is a timeout)
+    we stopped reading (abort_after=...) ........... CLIENT_ABORTED
+    ended, terminal marker with finish "length" .... TRUNCATED_BY_LENGTH
+    ended without a terminal marker ................ SILENT_TRUNCATION
+    ended with the marker, all in one late burst ... BUFFERED
+    ended with the marker .......................... COMPLETE
+
+Times are reported in scenario seconds (see ``streamlab.time_scale``).
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterable, Callable, Iterable
+
+from ._text import count_tokens
+from ._timescale import current_time_scale
+
+__all__ = ["Outcome", "Run", "record", "arecord", "ChunkInfo", "inspect_chunk", "StreamErrorEvent"]
+
+
+class Outcome(str, enum.Enum):
+    COMPLETE = "complete"
+    TRUNCATED_BY_LENGTH = "truncated by length"
+    CUT_MID_STREAM = "cut mid-stream"
+    SILENT_TRUNCATION = "silent truncation"
+    STALLED = "stalled / timed out"
+    BUFFERED = "buffered"
+    ERROR_BEFORE_STREAM = "error before stream"
+    CLIENT_ABORTED = "client aborted"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class ChunkInfo:
+    """What the recorder understood of one chunk."""
+
+    text: str | None = None        # content carried by the chunk (None: none)
+    finish: str | None = None      # finish reason / stop reason, when the chunk carries one
+    terminal: bool = False         # the stream's end marker ([DONE], finish_reason, TaskResult, ...)
+    nbytes: int = 0
+    error: str | None = None       # an error object carried inside the stream
+
+
+class StreamErrorEvent(Exception):
+    """An error object arrived inside an otherwise healthy raw SSE stream."""
+
+
+def _size(obj: Any) -> int:
+    if isinstance(obj, (bytes, bytearray)):
+        return len(obj)
+    if isinstance(obj, str):
+        return len(obj.encode())
+    dump = getattr(obj, "model_dump_json", None)
+    if callable(dump):
+        try:
+            return len(dump())
+        except Exception:  # noqa: BLE001 - size is informative only
+            pass
+    return len(repr(obj).encode())
+
+
+class _Value:
+    """A non-streamed result wrapped as the one chunk of its run."""
+
+    def __init__(self, info: ChunkInfo) -> None:
+        self.info = info
+
+
+def inspect_chunk(item: Any) -> ChunkInfo:
+    """Understand one chunk of the common stream types (duck-typed, no framework imports)."""
+    if isinstance(item, _Value):
+        return item.info
+    nbytes = _size(item)
+    # Raw SSE from httpx: bytes or str lines/blocks.
+    if isinstance(item, (bytes, bytearray)):
+        item = item.decode("utf-8", "replace")
+    if isinstance(item, str):
+        text_parts: list[str] = []
+        finish = None
+        terminal = False
+        error = None
+        for line in item.splitlines():
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                terminal = True
+                continue
+            try:
+                obj = json.loads(data)
+            except ValueError:
+                continue
+            if isinstance(obj, dict) and obj.get("error"):
+                error = str((obj["error"] or {}).get("message", obj["error"]))
+            for choice in (obj.get("choices") or []) if isinstance(obj, dict) else []:
+                delta = choice.get("delta") or {}
+                if isinstance(delta.get("content"), str) and delta["content"]:
+                    text_parts.append(delta["content"])
+                finish = choice.get("finish_reason") or finish
+        # finish_reason ends the answer; [DONE] ends the transport. Either is a terminal marker.
+        return ChunkInfo("".join(text_parts) or None, finish, terminal or finish is not None, nbytes, error)
+    name = type(item).__name__
+    # openai SDK chunk
+    if name == "ChatCompletionChunk":
+        choices = item.choices or []
+        text = choices[0].delta.content if choices and choices[0].delta else None
+        finish = choices[0].finish_reason if choices else None
+        return ChunkInfo(text or None, finish, finish is not None, nbytes)
+    # LangChain message chunk
+    if name in ("AIMessageChunk", "AIMessage"):
+        meta = getattr(item, "response_metadata", {}) or {}
+        finish = meta.get("finish_reason")
+        content = item.content if isinstance(item.content, str) else None
+        return ChunkInfo(content or None, finish, finish is not None, nbytes)
+    # LangGraph "messages" mode: (message_chunk, metadata)
+    if isinstance(item, tuple) and len(item) == 2 and type(item[0]).__name__ in ("AIMessageChunk", "AIMessage"):
+        return inspect_chunk(item[0])
+    # AutoGen AgentChat events
+    if name == "ModelClientStreamingChunkEvent":
+        return ChunkInfo(item.content or None, None, False, nbytes)
+    if name == "TaskResult":
+        return ChunkInfo(None, str(getattr(item, "stop_reason", None) or "stop"), True, nbytes)
+    if name == "Response":  # autogen_agentchat.base.Response (on_messages_stream)
+        return ChunkInfo(None, "stop", True, nbytes)
+    if name == "CreateResult":  # autogen_core model client result, last item of create_stream
+        return ChunkInfo(None, getattr(item, "finish_reason", None), True, nbytes)
+    return ChunkInfo(None, None, False, nbytes)
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    if isinstance(exc, TimeoutError):
+        return True
+    for cls in type(exc).__mro__:
+        if "Timeout" in cls.__name__:
+            return True
+    return False
+
+
+@dataclass
+class Run:
+    """One recorded stream: its timestamped chunks, its end, and its outcome."""
+
+    label: str = ""
+    expected: int | None = None
+    t_start: float = 0.0
+    t_end: float = 0.0
+    arrivals: list[float] = field(default_factory=list)     # perf_counter of every item
+    content_arrivals: list[float] = field(default_factory=list)  # perf_counter of content chunks
+    texts: list[str] = field(default_factory=list)
+    items: int = 0
+    nbytes: int = 0
+    terminal: bool = False
+    finish: str | None = None
+    error: BaseException | None = None
+    aborted: bool = False
+    outcome: Outcome | None = None
+    value: Any = None   # what a callable returned, when not a stream
+
+    # -- figures (scenario seconds) -----------------------------------------
+    @property
+    def chunks(self) -> int:
+        """Content-bearing chunks received."""
+        return len(self.content_arrivals)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.texts)
+
+    @property
+    def tokens(self) -> int:
+        """Tokens of answer text received, in the mock's unit (words): comparable streamed or not."""
+        return count_tokens(self.text)
+
+    def _s(self, real: float | None) -> float | None:
+        return None if real is None else real / current_time_scale()
+
+    @property
+    def ttft(self) -> float | None:
+        return self._s(self.content_arrivals[0] - self.t_start) if self.content_arrivals else None
+
+    @property
+    def e2e(self) -> float:
+        return self._s(self.t_end - self.t_start)
+
+    @property
+    def itls(self) -> list[float]:
+        a = self.content_arrivals
+        return [self._s(b - x) for x, b in zip(a, a[1:])]
+
+    def _pct(self, q: float) -> float | None:
+        itls = sorted(self.itls)
+        if not itls:
+            return None
+        if len(itls) == 1:
+            return itls[0]
+        return statistics.quantiles(itls, n=100, method="inclusive")[int(q) - 1]
+
+    @property
+    def itl_p50(self) -> float | None:
+        return self._pct(50)
+
+    @property
+    def itl_p99(self) -> float | None:
+        return self._pct(99)
+
+    @property
+    def error_class(self) -> str:
+        if self.error is None:
+            return "-"
+        return f"{type(self.error).__module__.split('.')[0]}.{type(self.error).__name__}"
+
+    def relative(self) -> list[float]:
+        """Content arrival times relative to the start, in scenario seconds."""
+        return [self._s(t - self.t_start) for t in self.content_arrivals]
+
+    def figures(self) -> dict[str, Any]:
+        return {"label": self.label, "outcome": str(self.outcome), "chunks": self.chunks,
+                "tokens": self.tokens, "expected": self.expected, "error": self.error_class, "finish": self.finish,
+                "ttft_s": self.ttft, "itl_p50_s": self.itl_p50, "itl_p99_s": self.itl_p99,
+                "e2e_s": self.e2e, "bytes": self.nbytes}
+
+    def __repr__(self) -> str:
+        got = f"{self.tokens}/{self.expected}" if self.expected is not None else str(self.tokens)
+        err = f", {self.error_class}" if self.error is not None else ""
+        return f"<Run {self.label + ': ' if self.label else ''}{self.outcome}, {got} tokens{err}>"
+
+    # -- classification ---------------------------------------------------------
+    def _classify(self, burst_fraction: float = 0.1) -> Outcome:
+        if self.aborted and self.error is None:
+            return Outcome.CLIENT_ABORTED
+        if self.error is not None:
+            if _is_timeout(self.error):
+                return Outcome.STALLED
+            return Outcome.CUT_MID_STREAM if self.items else Outcome.ERROR_BEFORE_STREAM
+        if self.aborted:
+            return Outcome.CLIENT_ABORTED
+        if self.finish == "length":
+            return Outcome.TRUNCATED_BY_LENGTH
+        if not self.terminal:
+            return Outcome.SILENT_TRUNCATION
+        a = self.content_arrivals
+        total = self.t_end - self.t_start
+        if len(a) >= 3 and total > 0.05 and (a[-1] - a[0]) <= burst_fraction * (a[-1] - self.t_start) \
+                and (a[0] - self.t_start) > 0.5 * total:
+            return Outcome.BUFFERED
+        return Outcome.COMPLETE
+
+
+class _Recording:
+    def __init__(self, label: str, expected: int | None, abort_after: int | None,
+                 abort_after_s: float | None, understand: Callable[[Any], ChunkInfo]) -> None:
+        self.run = Run(label=label, expected=expected, t_start=time.perf_counter())
+        self.abort_after = abort_after
+        self.abort_after_real = None if abort_after_s is None else abort_after_s * current_time_scale()
+        self.understand = understand
+
+    def add(self, item: Any) -> bool:
+        """Record one item; True when the reader should stop now (an abort)."""
+        now = time.perf_counter()
+        run = self.run
+        info = self.understand(item)
+        run.items += 1
+        run.arrivals.append(now)
+        run.nbytes += info.nbytes
+        if info.text:
+            run.texts.append(info.text)
+            run.content_arrivals.append(now)
+        if info.finish is not None:
+            run.finish = info.finish
+        if info.terminal:
+            run.terminal = True
+        if info.error is not None:
+            run.error = StreamErrorEvent(info.error)
+            return True
+        if self.abort_after is not None and run.chunks >= self.abort_after and not run.terminal:
+            run.aborted = True
+            return True
+        if self.abort_after_real is not None and now - run.t_start >= self.abort_after_real and not run.terminal:
+            run.aborted = True
+            return True
+        return False
+
+    def finish(self, error: BaseException | None) -> Run:
+        run = self.run
+        run.t_end = time.perf_counter()
+        run.error = error or run.error
+        run.outcome = run._classify()
+        return run
+
+
+def record(stream: Iterable[Any] | Callable[[], Any], *, label: str = "", expected: int | None = None,
+           abort_after: int | None = None, abort_after_s: float | None = None,
+           understand: Callable[[Any], ChunkInfo] = inspect_chunk) -> Run:
+    """Consume a (sync) stream, timestamp every chunk, and return its ``Run``.
+
+    ``stream`` may be a zero-argument callable that makes the request and returns
+    the stream (so errors raised before the first chunk are recorded too), or a
+    callable that returns a plain value (a non-streaming call: recorded as one chunk).
+    ``abort_after`` / ``abort_after_s`` stop reading after N content chunks or T
+    scenario seconds and close the stream, like a browser's AbortController.
+    """
+    rec = _Recording(label, expected, abort_after, abort_after_s, understand)
+    error: BaseException | None = None
+    iterator = None
+    try:
+        if callable(stream) and not hasattr(stream, "__iter__"):
+            stream = stream()
+        if not hasattr(stream, "__iter__") or isinstance(stream, (str, bytes)) or _is_value(stream):
+            rec.run.value = stream
+            rec.add(_value_chunk(stream))
+        else:
+            iterator = iter(stream)
+            for item in iterator:
+                if rec.add(item):
+                    break
+    except Exception as exc:  # noqa: BLE001 - the error is the observation
+        error = exc
+    finally:
+        close = getattr(iterator, "close", None) or getattr(stream, "close", None)
+        if callable(close):
+            try:
+                close()
+            except Exception:  # noqa: BLE001
+                pass
+    return rec.finish(error)
+
+
+async def arecord(stream: AsyncIterable[Any] | Callable[[], Any] | Any, *, label: str = "",
+                  expected: int | None = None, abort_after: int | None = None,
+                  abort_after_s: float | None = None,
+                  understand: Callable[[Any], ChunkInfo] = inspect_chunk) -> Run:
+    """Async twin of ``record``: ``stream`` is an async iterable, an awaitable, or a callable returning either."""
+    rec = _Recording(label, expected, abort_after, abort_after_s, understand)
+    error: BaseException | None = None
+    iterator = None
+    try:
+        if callable(stream) and not hasattr(stream, "__aiter__"):
+            stream = stream()
+        if inspect.isawaitable(stream) and not hasattr(stream, "__aiter__"):
+            stream = await stream
+        if hasattr(stream, "__aiter__"):
+            iterator = stream.__aiter__()
+            async for item in iterator:
+                if rec.add(item):
+                    break
+        elif hasattr(stream, "__iter__") and not isinstance(stream, (str, bytes)) and not _is_value(stream):
+            for item in stream:
+                if rec.add(item):
+                    break
+        else:
+            rec.run.value = stream
+            rec.add(_value_chunk(stream))
+    except Exception as exc:  # noqa: BLE001 - the error is the observation
+        error = exc
+    finally:
+        for name in ("aclose", "close"):
+            closer = getattr(iterator, name, None) or getattr(stream, name, None)
+            if callable(closer):
+                try:
+                    result = closer()
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception:  # noqa: BLE001
+                    pass
+                break
+    return rec.finish(error)
+
+
+def _is_value(obj: Any) -> bool:
+    """Pydantic models and the like iterate over their fields; they are values, not streams."""
+    return hasattr(obj, "model_dump") or type(obj).__name__ in ("ChatCompletion", "TaskResult", "CrewOutput")
+
+
+def _value_chunk(value: Any) -> Any:
+    """A non-streamed result, as one chunk: its text, its finish reason, terminal."""
+    name = type(value).__name__
+    text, finish = None, "stop"
+    if name == "ChatCompletion":
+        choice = value.choices[0]
+        text, finish = choice.message.content, choice.finish_reason
+        info = ChunkInfo(text or None, finish, finish is not None, _size(value))
+    elif name == "TaskResult":
+        last = value.messages[-1] if value.messages else None
+        content = getattr(last, "content", None)
+        info = ChunkInfo(content if isinstance(content, str) and content else None,
+                         str(value.stop_reason or "stop"), True, _size(value))
+    else:
+        content = getattr(value, "content", None)
+        if not isinstance(content, str):
+            content = getattr(value, "raw", None)
+        if not isinstance(content, str):
+            content = value if isinstance(value, str) else str(value)
+        meta = getattr(value, "response_metadata", None) or {}
+        finish = meta.get("finish_reason", "stop")
+        info = ChunkInfo(content or None, finish, True, _size(value))
+    return _Value(info)

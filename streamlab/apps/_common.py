@@ -1,0 +1,185 @@
+"""What every demo app shares: configuration from the environment, request ids,
+log lines, the chat model, SSE headers.
+
+The apps run inside app-server subprocesses (``streamlab.Uvicorn``,
+``streamlab.Gunicorn``), so everything they need comes from environment
+variables, read when first used (never at import):
+
+    STREAMLAB_MODEL_URL      OpenAI base URL of the mock model, e.g. http://127.0.0.1:PORT/v1
+    STREAMLAB_MODEL          model name sent to it               (default "streamlab-mock")
+    STREAMLAB_MODEL_RETRIES  openai client max_retries           (default 0: a retry is a second run)
+    STREAMLAB_TIME_SCALE     wall-clock seconds per scenario second (see streamlab._timescale)
+    STREAMLAB_LOG_TOKENS     "0" silences the per-token lines    (default "1")
+
+Log lines go to stderr, one event per line, so ``server.log_lines("rid=lb-3")``
+shows one request's life::
+
+    streamlab.app pid=4242 rid=r7 /chat/sse start
+    streamlab.app pid=4242 rid=r7 /chat/sse token 0 'The'
+    streamlab.app pid=4242 rid=r7 /chat/sse CLIENT DISCONNECT (CancelledError) after 5 tokens
+    streamlab.app pid=4242 rid=r7 /chat/sse done 40 tokens
+
+The request id is the ``X-Request-ID`` header when the client (or
+``streamlab.Balancer``) sends one, else ``<pid>-<n>``. The behaviour of the mock
+model is chosen per request with ``?spec=stall@5=30`` (or the ``X-Streamlab``
+header), which becomes the mock's ``/s/<spec>/v1`` base URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import re
+import sys
+from functools import lru_cache
+from typing import Any, AsyncIterator, Iterator
+
+from .._timescale import to_real
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+SSE_PING = 15.0  # scenario seconds; sse-starlette's default keep-alive comment interval
+
+_counter = itertools.count(1)
+_logger = logging.getLogger("streamlab.app")
+
+
+def _ensure_handler() -> None:
+    if not _logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("streamlab.app pid=%(process)d %(message)s"))
+        _logger.addHandler(handler)
+        _logger.setLevel(logging.INFO)
+        _logger.propagate = False
+
+
+def log(rid: str, route: str, message: str) -> None:
+    """One line: ``streamlab.app pid=<pid> rid=<rid> <route> <message>``."""
+    _ensure_handler()
+    _logger.info("rid=%s %s %s", rid, route, message)
+
+
+def log_token(rid: str, route: str, index: int, text: str) -> None:
+    if os.environ.get("STREAMLAB_LOG_TOKENS", "1") != "0":
+        log(rid, route, f"token {index} {text!r}")
+
+
+def request_id(headers: Any) -> str:
+    """``X-Request-ID`` from the request (Starlette headers or an ASGI header list), else a new one."""
+    value = None
+    if isinstance(headers, list):
+        for name, raw in headers:
+            if name.lower() == b"x-request-id":
+                value = raw.decode("latin-1")
+    else:
+        value = headers.get("x-request-id")
+    return value or f"{os.getpid()}-{next(_counter)}"
+
+
+def spec_of(query: Any, headers: Any) -> str | None:
+    """The mock behaviour asked for by this request: ``?spec=`` or the ``X-Streamlab`` header."""
+    return query.get("spec") or headers.get("x-streamlab") or None
+
+
+def model_url(spec: str | None = None) -> str:
+    """The mock's OpenAI base URL, with ``/s/<spec>`` inserted when a behaviour is asked for."""
+    base = os.environ.get("STREAMLAB_MODEL_URL")
+    if not base:
+        raise RuntimeError("STREAMLAB_MODEL_URL is not set: start the app server with env={'STREAMLAB_MODEL_URL': mock.base_url}")
+    base = base.rstrip("/")
+    if not spec:
+        return base
+    root = re.sub(r"(/s/[^/]+)?/v1$", "", base)
+    return f"{root}/s/{spec}/v1"
+
+
+@lru_cache(maxsize=64)
+def chat_model(spec: str | None = None):
+    """A ``langchain_openai.ChatOpenAI`` pointed at the mock (one per spec and process)."""
+    from langchain_openai import ChatOpenAI
+
+    return ChatOpenAI(
+        model=os.environ.get("STREAMLAB_MODEL", "streamlab-mock"),
+        base_url=model_url(spec),
+        api_key=os.environ.get("STREAMLAB_API_KEY", "sk-streamlab-local"),
+        streaming=True,
+        max_retries=int(os.environ.get("STREAMLAB_MODEL_RETRIES", "0")),
+    )
+
+
+def sse_ping() -> float:
+    """sse-starlette's keep-alive comment interval in wall-clock seconds (15 scenario seconds)."""
+    return to_real(SSE_PING)
+
+
+async def traced(rid: str, route: str, tokens: AsyncIterator[str]) -> AsyncIterator[str]:
+    """Pass tokens through, logging each one, the end, and how the client left.
+
+    ``asyncio.CancelledError`` is what a Starlette/sse-starlette stream sees when
+    uvicorn reports ``http.disconnect``; ``GeneratorExit`` is what a generator sees
+    when the server closes it without finishing (after a failed send).
+    """
+    n = 0
+    log(rid, route, "start")
+    try:
+        async for text in tokens:
+            log_token(rid, route, n, text)
+            n += 1
+            yield text
+    except asyncio.CancelledError:
+        log(rid, route, f"CLIENT DISCONNECT (CancelledError) after {n} tokens")
+        raise
+    except GeneratorExit:
+        log(rid, route, f"CLIENT DISCONNECT (GeneratorExit) after {n} tokens")
+        raise
+    except Exception as exc:
+        log(rid, route, f"ERROR {type(exc).__name__}: {exc} after {n} tokens")
+        raise
+    log(rid, route, f"done {n} tokens")
+
+
+def traced_sync(rid: str, route: str, tokens: Iterator[str]) -> Iterator[str]:
+    """``traced`` for plain generators (WSGI apps, sync code)."""
+    n = 0
+    log(rid, route, "start")
+    try:
+        for text in tokens:
+            log_token(rid, route, n, text)
+            n += 1
+            yield text
+    except GeneratorExit:
+        log(rid, route, f"CLIENT DISCONNECT (GeneratorExit: the server closed the response) after {n} tokens")
+        raise
+    except (BrokenPipeError, ConnectionResetError) as exc:
+        log(rid, route, f"CLIENT DISCONNECT ({type(exc).__name__}) after {n} tokens")
+        raise
+    except Exception as exc:
+        log(rid, route, f"ERROR {type(exc).__name__}: {exc} after {n} tokens")
+        raise
+    log(rid, route, f"done {n} tokens")
+
+
+async def llm_tokens(prompt: str, spec: str | None) -> AsyncIterator[str]:
+    """Token texts of ``ChatOpenAI.astream`` (empty chunks dropped)."""
+    async for chunk in chat_model(spec).astream(prompt):
+        if chunk.content:
+            yield chunk.content
+
+
+def llm_tokens_sync(prompt: str, spec: str | None) -> Iterator[str]:
+    """Token texts of the *sync* ``ChatOpenAI.stream``: blocks the calling thread between tokens."""
+    for chunk in chat_model(spec).stream(prompt):
+        if chunk.content:
+            yield chunk.content
+
+
+def sse_frame(data: str, *, event: str | None = None, id: str | int | None = None) -> str:
+    """One SSE event as text (multi-line data split into several ``data:`` fields)."""
+    lines = []
+    if event:
+        lines.append(f"event: {event}")
+    if id is not None:
+        lines.append(f"id: {id}")
+    lines += [f"data: {part}" for part in data.split("\n")]
+    return "\n".join(lines) + "\n\n"
