@@ -20,6 +20,7 @@ from ._playground import playground, run_scenario
 from ._plots import Comparison, compare, plot_hops, plot_runs, table
 from ._recorder import Outcome, Run, StreamErrorEvent, arecord, record
 from ._servers import Server, running_servers, stop_all
+from ._setup import VersionMismatch, require
 from ._sse import chat_request, sse_events
 from ._timeline import HopEvent, HopLog
 from ._timescale import current_time_scale, time_scale
@@ -37,4 +38,5 @@ __all__ = [
     "HopLog", "HopEvent",
     "Server", "running_servers", "stop_all",
     "offline", "NetworkBlocked",
+    "require", "VersionMismatch",
 ]
