@@ -43,7 +43,8 @@ def run_mock(args: argparse.Namespace) -> int:
     settings = dict(tokens=args.tokens, ttft=args.ttft, itl=args.itl, jitter=args.jitter, seed=args.seed,
                     echo=args.echo)
     settings.update({k: v for k, v in options.items() if k in settings})
-    app = MockApp(faults=default_faults, journal_size=1 if args.no_journal else 2000, **settings)
+    app = MockApp(faults=default_faults, journal_size=1 if args.no_journal else 2000,
+                  record_events=not args.no_journal, **settings)
     from ._servers import bound_socket
 
     sock = bound_socket()

@@ -192,13 +192,39 @@ class Exchange:
         self.headers_sent = False
         self.malformed_body = False
         self.disconnected = asyncio.Event()
+        self._receive: Any = None
+        self._watcher: asyncio.Future | None = None
+        # uvicorn keeps a ``disconnected`` flag on the object behind ``send``; reading it costs
+        # nothing, where a task blocked on receive() per request would cost throughput.
+        self._cycle = getattr(send, "__self__", None)
+        self.events = app.record_events
         self.offset = 0.0  # schedule shift caused by stalls
         self.prompt_tokens = sum(count_tokens(_content_text(m.get("content"))) for m in body["messages"])
         self.max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
 
     # -- bookkeeping -------------------------------------------------------
     def note(self, kind: str, detail: str = "", nbytes: int = 0) -> None:
-        self.entry.log.add(kind, nbytes, detail, conn=self.entry.id)
+        if self.events or kind != "out":
+            self.entry.log.add(kind, nbytes, detail, conn=self.entry.id)
+
+    def is_disconnected(self) -> bool:
+        if not self.disconnected.is_set() and getattr(self._cycle, "disconnected", False):
+            self.disconnected.set()
+        return self.disconnected.is_set()
+
+    def watch(self) -> None:
+        """Start listening for the client's disconnect (needed only while we wait without sending)."""
+        if self._watcher is not None or self._receive is None:
+            return
+
+        async def listen() -> None:
+            while True:
+                message = await self._receive()
+                if message["type"] == "http.disconnect":
+                    self.disconnected.set()
+                    return
+
+        self._watcher = asyncio.ensure_future(listen())
 
     # -- wire --------------------------------------------------------------
     async def start_response(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
@@ -209,7 +235,7 @@ class Exchange:
         self.note("status", str(status))
 
     async def write(self, data: bytes) -> None:
-        if self.disconnected.is_set():
+        if self.is_disconnected():
             raise _Ended
         await self._send({"type": "http.response.body", "body": data, "more_body": True})
         self.note("out", nbytes=len(data))
@@ -251,10 +277,11 @@ class Exchange:
     async def pause(self, seconds: float | None) -> None:
         """Send nothing for ``seconds`` of wall-clock time (None: until the client disconnects)."""
         started = time.perf_counter()
+        self.watch()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self.disconnected.wait(), seconds)
         self.offset += time.perf_counter() - started
-        if self.disconnected.is_set():
+        if self.is_disconnected():
             raise _Ended
 
     async def fail_midstream(self, message: str, *, why: str) -> None:
@@ -288,7 +315,7 @@ class MockApp:
     def __init__(self, *, tokens: int = 32, ttft: float = 0.0, itl: float = 0.0, jitter: float = 0.0,
                  seed: int = 0, echo: bool = False, model: str = DEFAULT_MODEL,
                  faults: Iterable[_faults.Fault] = (), tool_arguments: dict[str, dict] | None = None,
-                 max_body: int = MAX_BODY, journal_size: int = 2000) -> None:
+                 max_body: int = MAX_BODY, journal_size: int = 2000, record_events: bool = True) -> None:
         self.defaults: dict[str, Any] = {"tokens": tokens, "ttft": ttft, "itl": itl, "jitter": jitter,
                                          "seed": seed, "echo": echo, "tools": "auto"}
         _faults.parse(_faults.to_spec(**{k: v for k, v in self.defaults.items() if k != "echo"}))
@@ -296,6 +323,8 @@ class MockApp:
         self.tool_arguments = dict(tool_arguments or {})
         self.max_body = max_body
         self.journal = Journal(journal_size)
+        self.record_events = record_events  # per-chunk "out" events in the journal (off for benchmarks)
+        self.lateness: collections.deque[float] = collections.deque(maxlen=200_000)
         self._injected: tuple[_faults.Fault, ...] = tuple(faults)
         self._script: collections.deque[Any] = collections.deque()
         self._script_then: Any = None
@@ -368,11 +397,20 @@ class MockApp:
                     {"id": self.model, "object": "model", "created": 0, "owned_by": "streamlab"}]})
             elif route in ("/healthz", "/health"):
                 await self._json(send, 200, {"status": "ok"})
+            elif route == "/streamlab/stats":
+                await self._json(send, 200, self.stats())
             else:
                 raise RequestError(404, f"Unknown route {method} {route}. The mock serves POST "
                                    "/v1/chat/completions and GET /v1/models (optionally under /s/<spec>/).")
         except RequestError as err:
             await self._json(send, err.status, None, error=err)
+
+    def stats(self) -> dict[str, Any]:
+        """Token send lateness (actual minus scheduled, seconds) over the recent requests."""
+        values = sorted(self.lateness)
+        pick = lambda q: values[min(len(values) - 1, round(q * (len(values) - 1)))] if values else None  # noqa: E731
+        return {"tokens": len(values), "lateness_p50": pick(0.5), "lateness_p99": pick(0.99),
+                "lateness_max": values[-1] if values else None, "requests": len(self.journal)}
 
     async def _json(self, send: Any, status: int, payload: Any, *, error: RequestError | None = None) -> None:
         body = (_error_body(error.message, error.type, error.param, error.code) if error
@@ -451,23 +489,18 @@ class MockApp:
         stream = bool(body.get("stream"))
         entry.stream = stream
         ex = Exchange(self, send, entry, body, stream)
-
-        async def watch_disconnect() -> None:
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    ex.disconnected.set()
-                    return
-
-        watcher = asyncio.ensure_future(watch_disconnect())
+        ex._receive = receive
+        if ex._cycle is None or not hasattr(ex._cycle, "disconnected"):
+            ex.watch()  # not under uvicorn: listen for the disconnect the portable way
         try:
             await self._respond(ex, faults, options)
         except _Ended:
             pass
         finally:
-            watcher.cancel()
+            if ex._watcher is not None:
+                ex._watcher.cancel()
             entry.t_end = time.perf_counter()
-            if ex.disconnected.is_set() and entry.ended in ("open", "complete"):
+            if ex.is_disconnected() and entry.ended in ("open", "complete"):
                 entry.ended = "client disconnected"
                 ex.note("close", "client disconnected")
 
@@ -559,9 +592,11 @@ class MockApp:
             delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            if ex.disconnected.is_set():
+            if ex.is_disconnected():
                 raise _Ended
-            ex.entry.lateness.append(time.perf_counter() - due)
+            late = time.perf_counter() - due
+            ex.entry.lateness.append(late)
+            self.lateness.append(late)
 
         usage = lambda: {"prompt_tokens": ex.prompt_tokens, "completion_tokens": ex.entry.tokens_sent,  # noqa: E731
                          "total_tokens": ex.prompt_tokens + ex.entry.tokens_sent}
@@ -623,9 +658,12 @@ class MockApp:
                 if i == 0:
                     tc.update(id=call["id"], type="function")
                 delta = json.dumps({"tool_calls": [tc]}).encode()
-            event = await self._run_chain(faults, Event("token", i, chunk(delta)), ex)
-            if event is not None:
-                await ex.write(event.data)
+            data: bytes | None = chunk(delta)
+            if faults:  # the common no-fault path skips building an Event per token
+                event = await self._run_chain(faults, Event("token", i, data), ex)
+                data = None if event is None else event.data
+            if data is not None:
+                await ex.write(data)
             ex.entry.tokens_sent += 1
         event = await self._run_chain(faults, Event("finish", len(tokens), chunk(b"{}", finish)), ex)
         if event is not None:
