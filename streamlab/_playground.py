@@ -93,7 +93,7 @@ def run_scenario(*, tokens: int = 40, ttft: float = 0.2, itl: float = 0.05, faul
                 run = record(lambda: client.chat.completions.create(
                     model="streamlab-mock", stream=True,
                     messages=[{"role": "user", "content": "Explain the streaming cutoff."}]),
-                    expected=tokens, label=str(chosen or "no fault"))
+                    expected=tokens, label=str(chosen or "no fault"), itl=itl or None)
             finally:
                 client.close()
         finally:

@@ -13,7 +13,8 @@ Outcomes, checked in this order::
     we stopped reading (abort_after=...) ........... CLIENT_ABORTED
     ended, terminal marker with finish "length" .... TRUNCATED_BY_LENGTH
     ended without a terminal marker ................ SILENT_TRUNCATION
-    ended with the marker, all in one late burst ... BUFFERED
+    ended with the marker, in one burst although ... BUFFERED
+      it was meant to arrive every ``itl`` seconds
     ended with the marker .......................... COMPLETE
 
 Times are reported in scenario seconds (see ``streamlab.time_scale``).
@@ -174,6 +175,8 @@ class Run:
     aborted: bool = False
     outcome: Outcome | None = None
     value: Any = None   # what a callable returned, when not a stream
+    scale: float = field(default_factory=current_time_scale)  # the time scale in force when recorded
+    itl_hint: float | None = None  # the ITL the stream was meant to have (scenario s), to spot buffering
 
     # -- figures (scenario seconds) -----------------------------------------
     @property
@@ -191,7 +194,7 @@ class Run:
         return count_tokens(self.text)
 
     def _s(self, real: float | None) -> float | None:
-        return None if real is None else real / current_time_scale()
+        return None if real is None else real / self.scale
 
     @property
     def ttft(self) -> float | None:
@@ -244,7 +247,7 @@ class Run:
         return f"<Run {self.label + ': ' if self.label else ''}{self.outcome}, {got} tokens{err}>"
 
     # -- classification ---------------------------------------------------------
-    def _classify(self, burst_fraction: float = 0.1) -> Outcome:
+    def _classify(self) -> Outcome:
         if self.aborted and self.error is None:
             return Outcome.CLIENT_ABORTED
         if self.error is not None:
@@ -258,17 +261,18 @@ class Run:
         if not self.terminal:
             return Outcome.SILENT_TRUNCATION
         a = self.content_arrivals
-        total = self.t_end - self.t_start
-        if len(a) >= 3 and total > 0.05 and (a[-1] - a[0]) <= burst_fraction * (a[-1] - self.t_start) \
-                and (a[0] - self.t_start) > 0.5 * total:
-            return Outcome.BUFFERED
+        if self.itl_hint and len(a) >= 3:
+            meant = (len(a) - 1) * self.itl_hint * self.scale
+            if (a[-1] - a[0]) < 0.25 * meant:
+                return Outcome.BUFFERED
         return Outcome.COMPLETE
 
 
 class _Recording:
     def __init__(self, label: str, expected: int | None, abort_after: int | None,
-                 abort_after_s: float | None, understand: Callable[[Any], ChunkInfo]) -> None:
-        self.run = Run(label=label, expected=expected, t_start=time.perf_counter())
+                 abort_after_s: float | None, understand: Callable[[Any], ChunkInfo],
+                 itl: float | None = None) -> None:
+        self.run = Run(label=label, expected=expected, t_start=time.perf_counter(), itl_hint=itl)
         self.abort_after = abort_after
         self.abort_after_real = None if abort_after_s is None else abort_after_s * current_time_scale()
         self.understand = understand
@@ -308,7 +312,7 @@ class _Recording:
 
 
 def record(stream: Iterable[Any] | Callable[[], Any], *, label: str = "", expected: int | None = None,
-           abort_after: int | None = None, abort_after_s: float | None = None,
+           abort_after: int | None = None, abort_after_s: float | None = None, itl: float | None = None,
            understand: Callable[[Any], ChunkInfo] = inspect_chunk) -> Run:
     """Consume a (sync) stream, timestamp every chunk, and return its ``Run``.
 
@@ -317,8 +321,10 @@ def record(stream: Iterable[Any] | Callable[[], Any], *, label: str = "", expect
     callable that returns a plain value (a non-streaming call: recorded as one chunk).
     ``abort_after`` / ``abort_after_s`` stop reading after N content chunks or T
     scenario seconds and close the stream, like a browser's AbortController.
+    ``itl`` is the inter-token latency the stream was meant to have (scenario
+    seconds); with it, a complete stream that arrived in one burst is BUFFERED.
     """
-    rec = _Recording(label, expected, abort_after, abort_after_s, understand)
+    rec = _Recording(label, expected, abort_after, abort_after_s, understand, itl)
     error: BaseException | None = None
     iterator = None
     try:
@@ -335,21 +341,23 @@ def record(stream: Iterable[Any] | Callable[[], Any], *, label: str = "", expect
     except Exception as exc:  # noqa: BLE001 - the error is the observation
         error = exc
     finally:
-        close = getattr(iterator, "close", None) or getattr(stream, "close", None)
-        if callable(close):
-            try:
-                close()
-            except Exception:  # noqa: BLE001
-                pass
+        owners = [x for x in (iterator, stream) if x is not None]
+        for owner in owners[:1] + [x for x in owners[1:] if x is not owners[0]]:  # both, once each
+            close = getattr(owner, "close", None)
+            if callable(close):
+                try:
+                    close()
+                except Exception:  # noqa: BLE001
+                    pass
     return rec.finish(error)
 
 
 async def arecord(stream: AsyncIterable[Any] | Callable[[], Any] | Any, *, label: str = "",
                   expected: int | None = None, abort_after: int | None = None,
-                  abort_after_s: float | None = None,
+                  abort_after_s: float | None = None, itl: float | None = None,
                   understand: Callable[[Any], ChunkInfo] = inspect_chunk) -> Run:
     """Async twin of ``record``: ``stream`` is an async iterable, an awaitable, or a callable returning either."""
-    rec = _Recording(label, expected, abort_after, abort_after_s, understand)
+    rec = _Recording(label, expected, abort_after, abort_after_s, understand, itl)
     error: BaseException | None = None
     iterator = None
     try:
