@@ -3,8 +3,8 @@
 ``plot_runs(*runs)``      one panel per run: cumulative tokens received over time,
                           a rug of arrivals, the expected total dashed, the cut or
                           stall marked.
-``plot_hops(run, hops)``  what each hop sent and received over time (model, proxy,
-                          client), so a hold-back or a cut shows at its hop.
+``plot_hops(run, hops)``  a swim lane per hop (model, proxy, client): every send and
+                          arrival as a tick, so a hold-back or a cut shows at its hop.
 ``compare(broken, fixed)``  a small table and the figure for a broken/fixed pair.
 
 Tables print times with decimals and a unit ("0.412 s"); the notebooks' sanitize
@@ -117,40 +117,46 @@ def plot_runs(*runs: Run, title: str | None = None, sharex: bool = True):
 
 def plot_hops(run: Run | None, hops: Iterable[HopLog | tuple[str, HopLog, str]], *, title: str | None = None,
               t0: float | None = None):
-    """Cumulative bytes over time at every hop: ``hops`` are HopLogs (their "out" events) or
-    ``(label, log, kind)`` triples to pick the kind ("in", "out"). The client's run is drawn last."""
+    """A swim lane per hop: a tick for every send (or receive), faults and closes marked.
+
+    ``hops`` are HopLogs (their "out" events: what the hop sent on) or ``(label, log, kind)``
+    triples to pick another kind ("in": what the hop received). The client's ``run`` is the
+    bottom lane: one tick per chunk received, an X where it broke. Lanes share the time axis,
+    so a stream held back at a hop shows as ticks that bunch up below it, and a cut as lanes
+    that stop at different moments.
+    """
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(9, 3.6))
-    start = t0 if t0 is not None else (run.t_start if run is not None else None)
-    series = []
+    lanes: list[tuple[str, list[float], list[tuple[float, str]], str]] = []
     for hop in hops:
         label, log, kind = (hop.name + " sent", hop, "out") if isinstance(hop, HopLog) else hop
-        events = log.of(kind)
-        series.append((label, [(e.t, e.nbytes) for e in events]))
-    if start is None:
-        start = min((pts[0][0] for _, pts in series if pts), default=0.0)
-    scale = current_time_scale()
-    for label, pts in series:
-        xs, ys, total = [0.0], [0], 0
-        for t, n in pts:
-            total += n
-            xs.append((t - start) / scale)
-            ys.append(total)
-        ax.step(xs, ys, where="post", lw=2, label=label)
+        ticks = [e.t for e in log.of(kind)]
+        marks = [(e.t, e.note) for e in log.events if e.kind == "fault" and e.note]
+        if not marks:  # no fault at this hop: show how its exchange closed, when it did not end cleanly
+            marks = [(e.t, e.note) for e in log.events if e.kind == "close" and e.note not in ("complete", "eof")]
+        lanes.append((label, ticks, marks, "#264653"))
     if run is not None:
-        xs, ys, total = [0.0], [0], 0
-        sizes = [run.nbytes / max(run.items, 1)] * len(run.arrivals)
-        for t, n in zip(run.arrivals, sizes):
-            total += n
-            xs.append((t - start) / scale)
-            ys.append(total)
-        ax.step(xs, ys, where="post", lw=2, ls="--", color="black", label=f"client got ({run.outcome})")
-        if run.error is not None:
-            ax.plot([(run.t_end - start) / scale], [ys[-1]], "X", color="#e63946", ms=12)
-    ax.set_xlabel("scenario seconds")
-    ax.set_ylabel("bytes (cumulative)")
-    ax.legend(fontsize=8, loc="upper left")
-    ax.grid(alpha=0.3)
+        marks = [(run.t_end, run.error_class)] if run.error is not None else []
+        lanes.append((f"client got ({run.outcome})", list(run.arrivals), marks,
+                      COLORS.get(run.outcome, "black")))
+    start = t0 if t0 is not None else (run.t_start if run is not None else
+                                       min((ticks[0] for _, ticks, _, _ in lanes if ticks), default=0.0))
+    scale = current_time_scale() if run is None else run.scale
+    fig, ax = plt.subplots(figsize=(9, 0.9 + 0.8 * len(lanes)))
+    end = 0.0
+    for row, (label, ticks, marks, color) in enumerate(reversed(lanes)):
+        xs = [(t - start) / scale for t in ticks]
+        ax.plot(xs, [row] * len(xs), "|", color=color, ms=16, mew=1.5)
+        for t, note in marks:
+            x = (t - start) / scale
+            ax.plot([x], [row], "X", color="#e63946", ms=11)
+            ax.annotate(note, (x, row), textcoords="offset points", xytext=(6, 7), fontsize=8, color="#e63946")
+            end = max(end, x)
+        end = max([end] + xs)
+    ax.set_yticks(range(len(lanes)), [label for label, *_ in reversed(lanes)])
+    ax.set_ylim(-0.7, len(lanes) - 0.3)
+    ax.set_xlim(left=0, right=max(end, 1e-6) * 1.12)
+    ax.set_xlabel("scenario seconds since the request")
+    ax.grid(axis="x", alpha=0.3)
     ax.set_title(title or "what each hop saw")
     fig.tight_layout()
     return fig
