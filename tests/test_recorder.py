@@ -84,7 +84,7 @@ def test_abort_after_chunks_and_seconds_closes_the_stream():
             yield item
 
     run = sl.record(slow(), abort_after_s=0.1)
-    assert run.outcome is sl.Outcome.CLIENT_ABORTED and 3 <= run.chunks <= 12
+    assert run.outcome is sl.Outcome.CLIENT_ABORTED and 1 <= run.chunks < 50
 
 
 def test_arecord_async_streams_awaitables_and_values():

@@ -95,13 +95,13 @@ sl.compare(clean, raw, title="a clean stream: 40 tokens, one every 0.05 s")
 # Each fault is one small object (`streamlab.faults`), fired at a token index, so a run breaks the same
 # way every time. The mock applies it when the request's base URL carries it
 # (`mock.base_url_for(Cut(at=12))` gives `.../s/cut@12/v1`), so any client that takes a base URL can be
-# broken without code changes. Both clients get a read timeout of 2 s and no retries.
+# broken without code changes. Both clients get a read timeout of 3 s and no retries.
 
 # %%
-FAULTS = [Cut(at=12), Reset(at=12), SilentEnd(at=12), NoDone(), Stall(at=12, seconds=5), MalformedChunk(at=12),
+FAULTS = [Cut(at=12), Reset(at=12), SilentEnd(at=12), NoDone(), Stall(at=12, seconds=8), MalformedChunk(at=12),
           BrokenFraming(at=12), ErrorEvent(at=12), RateLimited(retry_after=1), ServerError(),
-          ContextWindow(tokens=4), SlowHeaders(seconds=5)]
-TIMEOUT = httpx.Timeout(2 * sl.current_time_scale())   # 2 scenario seconds, in wall-clock seconds for httpx
+          ContextWindow(tokens=4), SlowHeaders(seconds=8)]
+TIMEOUT = httpx.Timeout(3 * sl.current_time_scale())   # 3 scenario seconds, in wall-clock seconds for httpx
 
 runs = []
 for fault in FAULTS:
@@ -109,7 +109,7 @@ for fault in FAULTS:
     client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=TIMEOUT)
     runs.append(sl.record(lambda: client.chat.completions.create(
         model="streamlab-mock", messages=MESSAGES, stream=True), expected=40, label=f"{fault} · SDK"))
-    runs.append(sl.record(lambda: sl.sse_events(url + "/chat/completions", timeout=2,
+    runs.append(sl.record(lambda: sl.sse_events(url + "/chat/completions", timeout=3,
                                                 body={"model": "streamlab-mock", "stream": True,
                                                       "messages": MESSAGES}),
                           expected=40, label=f"{fault} · httpx"))
@@ -127,7 +127,7 @@ print(sl.table(runs))
 # - **A missing `[DONE]` goes unnoticed** when `finish_reason` arrived; both readers call it complete.
 # - **Broken SSE framing loses a token without any error** (39 of 40), while a malformed JSON chunk
 #   stops the SDK with `json.JSONDecodeError` and is skipped by a lenient raw reader.
-# - **A stall is a timeout only if the client has one shorter than the stall.** Here 2 s < 5 s, and
+# - **A stall is a timeout only if the client has one shorter than the stall.** Here 3 s < 8 s, and
 #   again the SDK lets the raw `httpx.ReadTimeout` through; only slow *headers* become
 #   `openai.APITimeoutError`. The SDK's default timeout is 600 s: a stalled stream would hang ten minutes.
 # - Errors before the first byte (429, 500, 400 context length, slow headers past the timeout) are
@@ -242,8 +242,8 @@ sl.run_scenario(tokens=40, ttft=0.5, itl=0.05, fault="stall", at=10, value=5.0, 
 #
 # 1. Which faults leave **no trace** for a reader that only catches exceptions? Write a check that
 #    flags all of them using the recorded run (hint: `run.finish`, `run.tokens`, `run.expected`).
-# 2. Find the smallest client read timeout (in scenario seconds, whole numbers) that survives a
-#    5 s stall at token 12.
+# 2. Which of the read timeouts 2, 4, 8 and 16 s is the smallest that survives a 5 s stall at token 12?
+#    Why is a timeout of exactly 5 s not enough?
 # 3. Script the first **two** requests to be reset at token 5 and the third to run clean. How many
 #    model requests does a non-streaming call with the default retries make, and does it succeed?
 
@@ -255,8 +255,9 @@ def silently_wrong(run):
 print(sorted({r.label.split(" ·")[0] for r in runs if silently_wrong(r)}))
 
 # %% tags=["solution"]
-# Solution 2: step the read timeout up until the stall no longer trips it.
-for seconds in range(1, 11):
+# Solution 2: double the read timeout until the stall no longer trips it. Exactly 5 s is not enough:
+# the gap between two reads is the stall plus one inter-token interval (and scheduling noise).
+for seconds in (2, 4, 8, 16):
     if stream_with_timeout(seconds).outcome is sl.Outcome.COMPLETE:
         print(f"smallest read timeout that survives the 5 s stall: {seconds} s")
         break
