@@ -14,6 +14,10 @@ Taught in notebooks/00_start_here.ipynb. The hops between client and model
 """
 
 from . import faults
+from ._appserver import AppServer, Gunicorn, LogLine, Uvicorn
+from ._balancer import Balancer
+from ._clients import (Abort, ClientTimeout, HTTPStream, SlowReader, StreamResult, TotalTimeout, app_event,
+                       read_stream)
 from ._mock import Journal, JournalEntry, MockApp, MockLLM
 from ._offline import NetworkBlocked, offline
 from ._playground import playground, run_scenario
@@ -37,6 +41,8 @@ __all__ = [
     "time_scale", "current_time_scale",
     "HopLog", "HopEvent",
     "Server", "running_servers", "stop_all",
+    "AppServer", "Uvicorn", "Gunicorn", "LogLine", "Balancer",
+    "HTTPStream", "StreamResult", "read_stream", "app_event", "Abort", "SlowReader", "ClientTimeout", "TotalTimeout",
     "offline", "NetworkBlocked",
     "require", "VersionMismatch",
 ]

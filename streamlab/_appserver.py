@@ -23,21 +23,34 @@ The child environment is the parent's, plus ``STREAMLAB_TIME_SCALE`` (the factor
 in force at ``start()``), ``PYTHONUNBUFFERED=1``, the streamlab checkout on
 ``PYTHONPATH``, and whatever ``env=`` adds (e.g. ``STREAMLAB_MODEL_URL``).
 
-What the servers do with a stream, measured on the pinned versions (see
-tests/test_appserver.py, which pins each of these):
+What the servers do with a stream, measured on the pinned versions (gunicorn
+27.0.1, uvicorn 0.54, uvicorn-worker 0.4; tests/test_appserver.py pins each):
 
-* gunicorn ``--timeout`` is a heartbeat, not a request timeout. A uvicorn worker
-  notifies the arbiter from its event loop (every ``timeout / 2`` s, checked on a
-  1 s tick), so a stream of any length on a healthy loop is never killed. A
-  worker whose loop is blocked by sync code misses its heartbeat and the arbiter
-  logs ``[CRITICAL] WORKER TIMEOUT (pid:N)``, sends SIGABRT (uvicorn workers die
-  at once: ``Worker (pid:N) was sent SIGABRT!``) and forks a new worker. The cut
-  comes ``timeout`` to ``timeout + 1.5`` s after the last heartbeat. A *sync*
-  (WSGI) worker only notifies between requests, so there ``--timeout`` does cap
-  the length of a streamed response.
-* uvicorn on SIGTERM with a stream open logs ``Waiting for connections to
-  close. (CTRL+C to force quit)`` and keeps streaming until the stream ends or
-  ``timeout_graceful_shutdown`` passes.
+* gunicorn ``--timeout`` is a heartbeat, not a request timeout. The arbiter gives
+  each worker ``timeout / 2``; a uvicorn worker's event loop checks once a second
+  and notifies when more than that has passed. The arbiter looks once a second
+  and kills a worker whose last notice is older than ``timeout``. So a stream of
+  any length on a healthy loop is never killed, and a loop blocked by sync code
+  is killed ``timeout / 2`` to ``timeout + 1`` s after the block began (measured
+  with ``--timeout 6``: 3.5 to 6.5 s). The arbiter logs
+  ``[CRITICAL] WORKER TIMEOUT (pid:N)``, sends SIGABRT, which a uvicorn worker does
+  not handle (``[WARNING] Worker (pid:N) was sent SIGABRT!``), and forks a new
+  worker; the client gets ``httpx.RemoteProtocolError`` (incomplete chunked read).
+* A sync (WSGI) worker notifies only between requests, so there ``--timeout``
+  caps the length of a streamed response (``--timeout 2``: cut at 3.0 s). The
+  SIGABRT handler raises SystemExit inside the app's generator: ``[ERROR] Error
+  handling request`` with a traceback ending in ``SystemExit: 1``, then
+  ``[INFO] Worker exiting (pid: N)``.
+* uvicorn's multi-worker supervisor pings workers from a thread, so a blocked
+  event loop is never killed there; a dead worker is replaced within ~0.5 s
+  (``Child process [N] died``).
+* uvicorn on SIGTERM with a plain stream open logs ``Waiting for connections to
+  close. (CTRL+C to force quit)`` and keeps streaming until the stream ends, or
+  until ``timeout_graceful_shutdown``: ``ERROR: Cancel 1 running task(s), timeout
+  graceful shutdown exceeded``. sse-starlette's ``EventSourceResponse`` ends its
+  streams on the shutdown signal instead (within ~0.5 s, no final event).
+  Under gunicorn, SIGTERM gives workers ``graceful_timeout`` and then SIGKILLs
+  them without a log line.
 """
 
 from __future__ import annotations
@@ -105,6 +118,7 @@ class AppServer(Server):
 
     kind = "app server"
     _ready_pattern: "re.Pattern[str]"
+    _gone_pattern: "re.Pattern[str] | None" = None
 
     def __init__(
         self,
@@ -132,6 +146,7 @@ class AppServer(Server):
         self._lines: list[LogLine] = []
         self._lines_lock = threading.Lock()
         self._readers: list[threading.Thread] = []
+        self._killed: set[int] = set()
 
     # -- the command ---------------------------------------------------------------
 
@@ -157,6 +172,7 @@ class AppServer(Server):
     def _start(self) -> None:
         with self._lines_lock:
             self._lines.clear()
+        self._killed.clear()
         self.port = free_port()
         self.process = subprocess.Popen(
             self._command(self.port),
@@ -175,10 +191,13 @@ class AppServer(Server):
         deadline = time.monotonic() + self.start_timeout
         while not (self._accepts() and len(self._ready_pids()) >= self.workers):
             if self.process.poll() is not None:
-                raise RuntimeError(f"{self.kind} exited with code {self.process.returncode}:\n" + "\n".join(self.log_lines()[-20:]))
+                raise RuntimeError(f"{self.kind} exited with code {self.process.returncode}:\n{self._tail()}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.kind} not ready after {self.start_timeout} s:\n" + "\n".join(self.log_lines()[-20:]))
+                raise RuntimeError(f"{self.kind} not ready after {self.start_timeout} s:\n{self._tail()}")
             time.sleep(0.01)
+
+    def _tail(self, n: int = 20) -> str:
+        return "\n".join(self.log_lines()[-n:])
 
     def _read(self, name: str, pipe) -> None:
         for raw in iter(pipe.readline, b""):
@@ -202,11 +221,10 @@ class AppServer(Server):
             family = []
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(self.stop_grace)
-        except subprocess.TimeoutExpired:
-            pass
-        _, alive = psutil.wait_procs([p for p in family if p.pid != proc.pid], timeout=0 if proc.poll() is None else 0.5)
+        workers = [p for p in family if p.pid != proc.pid]
+        _, alive = psutil.wait_procs(workers, timeout=0.5 if proc.poll() is not None else 0)
         if proc.poll() is None or alive:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -265,14 +283,27 @@ class AppServer(Server):
         if not self.alive:
             return []
         try:
-            kids = [p for p in psutil.Process(self.pid).children() if self._is_worker(p)]
-            kids.sort(key=lambda p: (p.create_time(), p.pid))
-            return [p.pid for p in kids]
+            children = psutil.Process(self.pid).children()
         except psutil.Error:
             return []
+        workers = []
+        for proc in children:
+            with contextlib.suppress(psutil.Error):  # a process may vanish while we look
+                if self._is_worker(proc):
+                    workers.append((proc.create_time(), proc.pid))
+        return [pid for _, pid in sorted(workers)]
 
     def _is_worker(self, proc: psutil.Process) -> bool:
-        return proc.status() != psutil.STATUS_ZOMBIE
+        return proc.status() != psutil.STATUS_ZOMBIE and proc.pid not in self._gone_pids()
+
+    def _gone_pids(self) -> set[int]:
+        """Workers signalled by ``kill_worker`` or reported dying in the log (they may take a moment to exit)."""
+        gone = set(self._killed)
+        if self._gone_pattern is not None:
+            for line in self.logs:
+                for match in self._gone_pattern.finditer(line.text):
+                    gone.update(int(pid) for pid in match.groups() if pid)
+        return gone
 
     def _ready_pids(self) -> set[int]:
         """Workers that have said they are ready (from the log)."""
@@ -292,6 +323,8 @@ class AppServer(Server):
         pids = self.worker_pids()
         pid = which if which in pids else pids[which]
         os.kill(pid, sig)
+        if sig in (signal.SIGKILL, signal.SIGTERM, signal.SIGABRT, signal.SIGQUIT, signal.SIGINT):
+            self._killed.add(pid)
         return pid
 
     def wait_workers(self, *, timeout: float = 20.0) -> list[int]:
@@ -325,6 +358,7 @@ class Uvicorn(AppServer):
 
     kind = "uvicorn"
     _ready_pattern = re.compile(r"Started server process \[(?P<pid>\d+)\]")
+    _gone_pattern = re.compile(r"Child process \[(\d+)\] died|Finished server process \[(\d+)\]")
 
     def __init__(
         self,
@@ -397,6 +431,8 @@ class Gunicorn(AppServer):
 
     kind = "gunicorn"
     _ready_pattern = re.compile(r"streamlab\.gunicorn worker ready \(pid:(?P<pid>\d+)\)")
+    _gone_pattern = re.compile(
+        r"WORKER TIMEOUT \(pid:(\d+)\)|Worker \(pid:(\d+)\) was sent|worker (?:exited|aborted) \(pid:(\d+)\)")
 
     def __init__(
         self,

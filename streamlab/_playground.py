@@ -81,10 +81,10 @@ def run_scenario(*, tokens: int = 40, ttft: float = 0.2, itl: float = 0.05, faul
         try:
             if hop not in ("", "none", None):
                 from . import hops
+                from ._proxy import Proxy
 
-                proxy = hops.proxy_from_spec(upstream=mock.url, spec=f"{hop}={hop_value}" if hop_value is not None
-                                             else hop)
-                proxy.start()
+                spec = hop if hop_value is None or hops.REGISTRY[hop].value_arg is None else f"{hop}={hop_value:g}"
+                proxy = Proxy(upstream=mock.url, faults=[spec]).start()
                 base = base.replace(mock.url, proxy.url)
                 path = f"via proxy: {hop}"
             client = openai.OpenAI(base_url=base, api_key="unused", max_retries=0,

@@ -172,3 +172,10 @@ def test_stopped_on_error_inside_with():
         with sl.MockLLM() as mock:
             1 / 0
     assert not mock.running and sl.running_servers() == []
+
+
+def test_stopped_on_keyboard_interrupt_inside_with():
+    with pytest.raises(KeyboardInterrupt):
+        with sl.MockLLM() as mock:
+            raise KeyboardInterrupt  # what a kernel interrupt raises inside a running cell
+    assert not mock.running and sl.running_servers() == []

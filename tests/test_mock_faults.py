@@ -20,11 +20,6 @@ def mock():
         yield server
 
 
-@pytest.fixture(autouse=True)
-def _nothing_left_running():  # the module-scoped mock lives across tests in this file
-    yield
-
-
 def client_for(mock, *faults, **kw):
     return openai.OpenAI(base_url=mock.base_url_for(*faults), api_key="unused", max_retries=0,
                          timeout=kw.pop("timeout", 5.0))

@@ -9,7 +9,8 @@ environment variables, see ``streamlab.apps._common``)::
     streamlab.apps.shared_state:app  module-level token buffer vs per-request state                  seeds/002
     streamlab.apps.jobs:app          long /report vs POST /jobs + status + resumable SSE             seeds/004
     streamlab.apps.graph:app         LangGraph sync graph.stream() in async def vs astream()         seeds/004
-    streamlab.apps.graph_wsgi:app    plain WSGI generator for gunicorn sync workers                   seeds/004
+    streamlab.apps.graph_wsgi:app    plain WSGI generator of graph.stream() for gunicorn sync workers seeds/004
+    streamlab.apps.ticker_wsgi:app   model-free WSGI ticks for gunicorn sync workers
 
 Every app logs its request id, each token, the end, and how a client left
 (``CLIENT DISCONNECT (CancelledError|GeneratorExit|http.disconnect) after N tokens``).

@@ -33,6 +33,7 @@ import logging
 import os
 import re
 import sys
+from contextlib import asynccontextmanager
 from functools import lru_cache
 from typing import Any, AsyncIterator, Iterator
 
@@ -86,7 +87,8 @@ def model_url(spec: str | None = None) -> str:
     """The mock's OpenAI base URL, with ``/s/<spec>`` inserted when a behaviour is asked for."""
     base = os.environ.get("STREAMLAB_MODEL_URL")
     if not base:
-        raise RuntimeError("STREAMLAB_MODEL_URL is not set: start the app server with env={'STREAMLAB_MODEL_URL': mock.base_url}")
+        raise RuntimeError("STREAMLAB_MODEL_URL is not set: start the app server with "
+                           "env={'STREAMLAB_MODEL_URL': mock.base_url}")
     base = base.rstrip("/")
     if not spec:
         return base
@@ -94,18 +96,41 @@ def model_url(spec: str | None = None) -> str:
     return f"{root}/s/{spec}/v1"
 
 
+@lru_cache(maxsize=1)
+def _http_clients():
+    import httpx
+
+    timeout = httpx.Timeout(600.0, connect=5.0)  # the openai SDK's defaults
+    return httpx.Client(timeout=timeout), httpx.AsyncClient(timeout=timeout)
+
+
 @lru_cache(maxsize=64)
 def chat_model(spec: str | None = None):
-    """A ``langchain_openai.ChatOpenAI`` pointed at the mock (one per spec and process)."""
+    """A ``langchain_openai.ChatOpenAI`` pointed at the mock (one per spec and process).
+
+    The models share one pair of httpx clients: building a ChatOpenAI with its
+    own clients takes ~0.3 s of blocked event loop on the first request of each spec.
+    """
     from langchain_openai import ChatOpenAI
 
+    sync_client, async_client = _http_clients()
     return ChatOpenAI(
         model=os.environ.get("STREAMLAB_MODEL", "streamlab-mock"),
         base_url=model_url(spec),
         api_key=os.environ.get("STREAMLAB_API_KEY", "sk-streamlab-local"),
         streaming=True,
         max_retries=int(os.environ.get("STREAMLAB_MODEL_RETRIES", "0")),
+        http_client=sync_client,
+        http_async_client=async_client,
     )
+
+
+@asynccontextmanager
+async def warm_start(app: Any) -> AsyncIterator[None]:
+    """FastAPI lifespan: build the chat model before the first request (when the model URL is set)."""
+    if os.environ.get("STREAMLAB_MODEL_URL"):
+        chat_model()
+    yield
 
 
 def sse_ping() -> float:
@@ -114,11 +139,12 @@ def sse_ping() -> float:
 
 
 async def traced(rid: str, route: str, tokens: AsyncIterator[str]) -> AsyncIterator[str]:
-    """Pass tokens through, logging each one, the end, and how the client left.
+    """Pass tokens through, logging each one, the end, and how the stream stopped.
 
     ``asyncio.CancelledError`` is what a Starlette/sse-starlette stream sees when
-    uvicorn reports ``http.disconnect``; ``GeneratorExit`` is what a generator sees
-    when the server closes it without finishing (after a failed send).
+    the client went away (``DisconnectLog`` logs that on its own line) and also
+    when sse-starlette ends its streams because the server is shutting down;
+    ``GeneratorExit`` is what a generator sees when it is closed unfinished.
     """
     n = 0
     log(rid, route, "start")
@@ -128,10 +154,10 @@ async def traced(rid: str, route: str, tokens: AsyncIterator[str]) -> AsyncItera
             n += 1
             yield text
     except asyncio.CancelledError:
-        log(rid, route, f"CLIENT DISCONNECT (CancelledError) after {n} tokens")
+        log(rid, route, f"STREAM CANCELLED (CancelledError) after {n} tokens")
         raise
     except GeneratorExit:
-        log(rid, route, f"CLIENT DISCONNECT (GeneratorExit) after {n} tokens")
+        log(rid, route, f"STREAM CLOSED (GeneratorExit) after {n} tokens")
         raise
     except Exception as exc:
         log(rid, route, f"ERROR {type(exc).__name__}: {exc} after {n} tokens")
@@ -139,8 +165,53 @@ async def traced(rid: str, route: str, tokens: AsyncIterator[str]) -> AsyncItera
     log(rid, route, f"done {n} tokens")
 
 
-def traced_sync(rid: str, route: str, tokens: Iterator[str]) -> Iterator[str]:
-    """``traced`` for plain generators (WSGI apps, sync code)."""
+class DisconnectLog:
+    """Plain ASGI middleware (``app.add_middleware(DisconnectLog)``) that logs how a client left.
+
+    It sees what the app sees: ``receive()`` returning ``http.disconnect`` before the
+    response ended (``CLIENT DISCONNECT (http.disconnect)``), or Starlette's
+    ``ClientDisconnect`` raised out of the app. It also gives every request an
+    ``X-Request-ID`` so the handler and this log line agree. Unlike Starlette's
+    ``BaseHTTPMiddleware`` it neither buffers the body nor hides the disconnect.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        rid = request_id(scope["headers"])
+        if not any(name.lower() == b"x-request-id" for name, _ in scope["headers"]):
+            scope = {**scope, "headers": [*scope["headers"], (b"x-request-id", rid.encode())]}
+        path = scope["path"]
+        state = {"sent": 0, "done": False, "logged": False}
+
+        async def watched_send(message: dict) -> None:
+            if message["type"] == "http.response.body":
+                state["sent"] += len(message.get("body", b""))
+                state["done"] = not message.get("more_body", False)
+            await send(message)
+
+        async def watched_receive() -> dict:
+            message = await receive()
+            if message["type"] == "http.disconnect" and not state["done"] and not state["logged"]:
+                state["logged"] = True
+                log(rid, path, f"CLIENT DISCONNECT (http.disconnect) after {state['sent']} body bytes sent")
+            return message
+
+        from starlette.requests import ClientDisconnect
+
+        try:
+            await self.app(scope, watched_receive, watched_send)
+        except ClientDisconnect:
+            log(rid, path, f"CLIENT DISCONNECT (ClientDisconnect) after {state['sent']} body bytes sent")
+            raise
+
+
+def traced_sync(rid: str, route: str, tokens: Iterator[str], *,
+                closed: str = "STREAM CLOSED (GeneratorExit)") -> Iterator[str]:
+    """``traced`` for plain generators (WSGI apps, sync code); ``closed`` words the GeneratorExit line."""
     n = 0
     log(rid, route, "start")
     try:
@@ -149,10 +220,13 @@ def traced_sync(rid: str, route: str, tokens: Iterator[str]) -> Iterator[str]:
             n += 1
             yield text
     except GeneratorExit:
-        log(rid, route, f"CLIENT DISCONNECT (GeneratorExit: the server closed the response) after {n} tokens")
+        log(rid, route, f"{closed} after {n} tokens")
         raise
     except (BrokenPipeError, ConnectionResetError) as exc:
         log(rid, route, f"CLIENT DISCONNECT ({type(exc).__name__}) after {n} tokens")
+        raise
+    except SystemExit:
+        log(rid, route, f"WORKER EXIT (SystemExit: the server is ending this worker) after {n} tokens")
         raise
     except Exception as exc:
         log(rid, route, f"ERROR {type(exc).__name__}: {exc} after {n} tokens")

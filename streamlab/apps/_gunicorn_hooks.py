@@ -15,7 +15,10 @@ import sys
 
 
 def _say(text: str) -> None:
-    print(f"streamlab.gunicorn {text}", file=sys.stderr, flush=True)
+    # One write per line: workers share the stderr pipe, and print() writes the text and the
+    # newline separately, so two workers' lines could run together and hide a "ready" line.
+    sys.stderr.write(f"streamlab.gunicorn {text}\n")
+    sys.stderr.flush()
 
 
 def post_worker_init(worker) -> None:

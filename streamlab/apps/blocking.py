@@ -22,16 +22,18 @@ from __future__ import annotations
 import os
 import time
 
+import langchain_openai  # noqa: F401 - import at startup, not on the first request (it blocks the loop)
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
 from .._timescale import to_real
-from ._common import (SSE_HEADERS, chat_model, llm_tokens, llm_tokens_sync, log, request_id, spec_of,
-                      sse_frame, traced)
+from ._common import (SSE_HEADERS, DisconnectLog, chat_model, llm_tokens, llm_tokens_sync, log, request_id,
+                      spec_of, sse_frame, traced, warm_start)
 
 PROMPT = "Write a summary"
 
-app = FastAPI(title="streamlab blocking vs async")
+app = FastAPI(title="streamlab blocking vs async", lifespan=warm_start)
+app.add_middleware(DisconnectLog)
 
 
 def _sse(rid: str, route: str, tokens) -> StreamingResponse:
@@ -56,7 +58,8 @@ async def stream_sync(request: Request, q: str = PROMPT):
 
 @app.get("/stream/async")
 async def stream_async(request: Request, q: str = PROMPT):
-    return _sse(request_id(request.headers), "/stream/async", llm_tokens(q, spec_of(request.query_params, request.headers)))
+    spec = spec_of(request.query_params, request.headers)
+    return _sse(request_id(request.headers), "/stream/async", llm_tokens(q, spec))
 
 
 @app.get("/invoke/sync")

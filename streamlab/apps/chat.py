@@ -19,14 +19,17 @@ from __future__ import annotations
 import asyncio
 import os
 
+import langchain_openai  # noqa: F401 - import at startup, not on the first request (it blocks the loop)
 from fastapi import FastAPI, Request
 from sse_starlette import EventSourceResponse
 
-from ._common import SSE_HEADERS, llm_tokens, log, log_token, request_id, spec_of, sse_ping, traced
+from ._common import (SSE_HEADERS, DisconnectLog, llm_tokens, log, log_token, request_id, spec_of, sse_ping, traced,
+                      warm_start)
 
 PROMPT = "Explain RFC 9110 in 3 bullets"
 
-app = FastAPI(title="streamlab chat: buffered vs SSE")
+app = FastAPI(title="streamlab chat: buffered vs SSE", lifespan=warm_start)
+app.add_middleware(DisconnectLog)
 
 
 @app.get("/chat/buffered")

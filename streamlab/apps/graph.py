@@ -25,14 +25,17 @@ import json
 import os
 from typing import TypedDict
 
+import langchain_openai  # noqa: F401 - import at startup, not on the first request (it blocks the loop)
 from fastapi import Body, FastAPI, Request
 from fastapi.responses import StreamingResponse
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 
-from ._common import SSE_HEADERS, chat_model, request_id, spec_of, sse_frame, traced, traced_sync
+from ._common import (SSE_HEADERS, DisconnectLog, chat_model, request_id, spec_of, sse_frame, traced, traced_sync,
+                      warm_start)
 
-app = FastAPI(title="streamlab LangGraph sync vs async streaming")
+app = FastAPI(title="streamlab LangGraph sync vs async streaming", lifespan=warm_start)
+app.add_middleware(DisconnectLog)
 
 
 class State(TypedDict, total=False):

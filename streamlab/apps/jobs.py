@@ -24,14 +24,16 @@ import itertools
 import os
 from dataclasses import dataclass, field
 
+import langchain_openai  # noqa: F401 - import at startup, not on the first request (it blocks the loop)
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from ._common import SSE_HEADERS, llm_tokens, log, log_token, request_id, spec_of, sse_frame
+from ._common import SSE_HEADERS, DisconnectLog, warm_start, llm_tokens, log, log_token, request_id, spec_of, sse_frame
 
 PROMPT = "Write the incident report"
 
-app = FastAPI(title="streamlab long request vs background job")
+app = FastAPI(title="streamlab long request vs background job", lifespan=warm_start)
+app.add_middleware(DisconnectLog)
 
 
 @dataclass

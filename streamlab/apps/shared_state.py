@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import os
 
+import langchain_openai  # noqa: F401 - import at startup, not on the first request (it blocks the loop)
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
-from ._common import SSE_HEADERS, llm_tokens, log, log_token, request_id, spec_of, sse_frame
+from ._common import SSE_HEADERS, DisconnectLog, warm_start, llm_tokens, log, log_token, request_id, spec_of, sse_frame
 
 PROMPT = "alpha bravo charlie"
 
-app = FastAPI(title="streamlab shared state vs per-request state")
+app = FastAPI(title="streamlab shared state vs per-request state", lifespan=warm_start)
+app.add_middleware(DisconnectLog)
 
 _tokens: list[str] = []  # BROKEN: one buffer for every request this worker serves
 

@@ -4,13 +4,15 @@
 
 Routes (durations are scenario seconds, see ``streamlab.time_scale``):
 
-    GET /stream?n=40&every=0.05   n SSE events ``data: tick <i>``, one every ``every`` s
+    GET /stream?n=40&every=0.05   n SSE events ``data: tick <i>``, one every ``every`` s, then
+                                  ``event: done`` / ``data: [DONE]``
                &size=0            pad each event to at least ``size`` bytes (backpressure tests)
                &block_at=5&block=3  after event 5, block the event loop with time.sleep(3)
     GET /json?n=40&every=0.05     the same ticks, buffered, returned as one JSON body at the end
     GET /block?seconds=3          time.sleep inside ``async def``: the whole worker freezes
-    GET /health                   {"ok": true, "pid": ...} at once (if the loop is free)
-    GET /whoami                   {"pid": ...}: which worker answered
+    GET /health                   {"ok": true, "pid": ..., "time_scale": ...} at once (if the loop is free)
+    GET /whoami                   the same: which worker answered
+    GET /env?name=X               {"name": "X", "value": os.environ.get("X")}
 
 Plain ASGI on purpose (STYLE.md 9): every ``send`` is one chunk on the wire, and the
 disconnect is seen the way Starlette sees it, by a task waiting on ``receive()``
@@ -28,7 +30,7 @@ import os
 import time
 from urllib.parse import parse_qs
 
-from .._timescale import to_real
+from .._timescale import current_time_scale, to_real
 from ._common import log, log_token, request_id
 
 SLOW_SEND = 0.1  # wall-clock seconds: a send that waits longer is logged as blocked
@@ -78,7 +80,7 @@ async def _stream(scope, receive, send, rid: str, q: dict[str, str]) -> None:
                 if block_at is not None and i + 1 == block_at:
                     log(rid, "/stream", f"blocking the event loop for {block} s (time.sleep)")
                     time.sleep(to_real(block))
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await send({"type": "http.response.body", "body": b"event: done\ndata: [DONE]\n\n", "more_body": False})
             log(rid, "/stream", f"done {sent} chunks")
         except asyncio.CancelledError:
             log(rid, "/stream", f"CLIENT DISCONNECT (http.disconnect) after {sent} chunks")
@@ -135,6 +137,9 @@ async def app(scope, receive, send) -> None:
         log(rid, "/block", "event loop free again")
         await _json(send, 200, {"slept": seconds, "pid": os.getpid()}, rid)
     elif path in ("/health", "/whoami"):
-        await _json(send, 200, {"ok": True, "pid": os.getpid(), "rid": rid}, rid)
+        await _json(send, 200, {"ok": True, "pid": os.getpid(), "rid": rid, "time_scale": current_time_scale()}, rid)
+    elif path == "/env":
+        name = q.get("name", "")
+        await _json(send, 200, {"name": name, "value": os.environ.get(name)}, rid)
     else:
         await _json(send, 404, {"error": f"no route {path}"}, rid)
