@@ -13,14 +13,16 @@ Taught in notebooks/00_start_here.ipynb. The hops between client and model
 (proxy, nginx, app servers, balancer) live in ``streamlab.hops`` and friends.
 """
 
-from . import faults
+from . import faults, hops
 from ._appserver import AppServer, Gunicorn, LogLine, Uvicorn
 from ._balancer import Balancer
 from ._clients import (Abort, ClientTimeout, HTTPStream, SlowReader, StreamResult, TotalTimeout, app_event,
                        read_stream)
 from ._mock import Journal, JournalEntry, MockApp, MockLLM
+from ._nginx import NginxProxy, nginx_available, proxy_for
 from ._offline import NetworkBlocked, offline
 from ._playground import playground, run_scenario
+from ._proxy import Proxy
 from ._plots import Comparison, compare, plot_hops, plot_runs, table
 from ._recorder import Outcome, Run, StreamErrorEvent, arecord, record
 from ._servers import Server, running_servers, stop_all
@@ -32,7 +34,7 @@ from ._timescale import current_time_scale, time_scale
 __version__ = "0.1.0"
 
 __all__ = [
-    "faults",
+    "faults", "hops",
     "MockLLM", "MockApp", "Journal", "JournalEntry",
     "record", "arecord", "Run", "Outcome", "StreamErrorEvent",
     "compare", "Comparison", "table", "plot_runs", "plot_hops",
@@ -41,6 +43,7 @@ __all__ = [
     "time_scale", "current_time_scale",
     "HopLog", "HopEvent",
     "Server", "running_servers", "stop_all",
+    "Proxy", "NginxProxy", "proxy_for", "nginx_available",
     "AppServer", "Uvicorn", "Gunicorn", "LogLine", "Balancer",
     "HTTPStream", "StreamResult", "read_stream", "app_event", "Abort", "SlowReader", "ClientTimeout", "TotalTimeout",
     "offline", "NetworkBlocked",

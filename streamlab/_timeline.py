@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 __all__ = ["HopEvent", "HopLog"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HopEvent:
     t: float
     kind: str

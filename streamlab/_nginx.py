@@ -1,0 +1,490 @@
+"""Real nginx, driven by the same fault settings as the embedded proxy.
+
+    >>> from streamlab import hops
+    >>> with proxy_for(upstream=mock.url, faults=hops.nginx(proxy_read_timeout=30)) as proxy:
+    ...     proxy.kind                       # 'real nginx 1.22.1' or 'embedded proxy (nginx not installed)'
+    ...     print(proxy.config)              # (real nginx) the nginx.conf generated from the faults
+    ...     proxy.log_lines("timed out")     # (real nginx) nginx's own error log lines
+
+``nginx_conf()`` turns rules (faults + path prefixes) into an nginx.conf: one
+``location`` per path prefix, every directive written out explicitly, so that a
+fault that is absent means the same for both ("no Buffering fault" is
+``proxy_buffering off``, "no ReadTimeout" is a one-day timeout). Faults nginx has
+no directive for (a load balancer's idle timeout, a gateway deadline, byte
+limits, resets) raise ``NginxUnsupported``; ``proxy_for`` then falls back to the
+embedded proxy and says why in ``.kind``.
+
+``NginxProxy`` runs ``nginx -g 'daemon off;'``-style in the foreground: a master
+and one worker, pid file, temp dirs and logs in a private temp directory,
+``listen 127.0.0.1:<free port>``, error log captured line by line. ``inject()``
+rewrites the config and reloads (SIGHUP; streams in flight finish on the old
+worker) and waits until the new config answers. Works as root (workers run as
+root) and as a normal user.
+
+Durations are scenario seconds, converted with ``to_real()`` when the config is
+written. nginx's timers are lazy by up to 300 ms (``NGX_TIMER_LAZY_DELAY``): a
+timeout can fire up to 0.3 s of *wall-clock* time early, so keep scaled timeouts
+well above 0.3 s when comparing against real nginx.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from functools import lru_cache
+from typing import Any, Iterable
+
+from ._proxy import Fault, Injection, Noop, Proxy, Rule, RuleSet, _parse_upstream, as_rules, chain_for, profile_rules
+from ._servers import Server, free_port
+from ._timeline import HopLog
+from ._timescale import to_real
+
+__all__ = ["NginxProxy", "NginxUnsupported", "nginx_available", "nginx_version", "nginx_conf", "proxy_for",
+           "NGINX_BINARY"]
+
+NGINX_BINARY = os.environ.get("STREAMLAB_NGINX", "/usr/sbin/nginx")
+GENERATION_PATH = "/__streamlab__/generation"
+TIMER_SLACK = 0.3  # seconds nginx may fire a timer early (NGX_TIMER_LAZY_DELAY)
+_FOREVER = "1d"    # "no such timeout": nginx needs some value
+
+try:  # for PR_SET_PDEATHSIG: nginx must not outlive the Python process that started it
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # pragma: no cover - not Linux
+    _prctl = None
+
+
+def _child_setup() -> None:  # between fork and exec
+    if _prctl is not None:
+        _prctl(1, signal.SIGTERM)
+
+
+class NginxUnsupported(ValueError):
+    """A fault that nginx has no directive for (use the embedded proxy for it)."""
+
+
+def _binary() -> str | None:
+    if os.path.isfile(NGINX_BINARY) and os.access(NGINX_BINARY, os.X_OK):
+        return NGINX_BINARY
+    return shutil.which("nginx")
+
+
+@lru_cache(maxsize=1)
+def nginx_version() -> str | None:
+    """The installed nginx's version ("1.22.1"), or None when there is none."""
+    binary = _binary()
+    if binary is None:
+        return None
+    try:
+        out = subprocess.run([binary, "-v"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(r"nginx/(\S+)", out.stderr + out.stdout)
+    return match.group(1) if match else None
+
+
+def nginx_available() -> bool:
+    """True when an nginx binary is installed and runs."""
+    return nginx_version() is not None
+
+
+# --------------------------------------------------------------------------- config generation
+
+
+def _ms(seconds: float | None) -> str:
+    if seconds is None:
+        return _FOREVER
+    return f"{max(1, round(to_real(seconds) * 1000))}ms"
+
+
+def _size(n: int) -> str:
+    return f"{n // 1024}k" if n and n % 1024 == 0 else str(n)
+
+
+def _directives(faults: list[Fault]) -> list[str]:
+    """nginx directives for one location, every one explicit (absent fault = no such behaviour)."""
+    from . import hops
+
+    by_type = {type(f): f for f in faults}
+    check_supported(Rule(fault=f) for f in faults)
+    read = by_type.get(hops.ReadTimeout)
+    send_up = by_type.get(hops.UpstreamSendTimeout)
+    send = by_type.get(hops.SendTimeout)
+    out = [
+        f"proxy_read_timeout {_ms(read.seconds if read else None)};",
+        f"proxy_send_timeout {_ms(send_up.seconds if send_up else None)};",
+        f"send_timeout {_ms(send.seconds if send else None)};",
+    ]
+    buffering = by_type.get(hops.Buffering)
+    if buffering is None:
+        # unbuffered, and room for any sane response head (nginx checks the sizes against each other)
+        out += ["proxy_buffering off;", "proxy_buffer_size 64k;", "proxy_buffers 4 64k;",
+                "proxy_busy_buffers_size 128k;"]
+    else:
+        count, size = buffering.buffers
+        if count < 2:
+            raise NginxUnsupported("nginx needs at least 2 proxy_buffers")
+        biggest = max(buffering.buffer_size, size)
+        busy = min(2 * biggest, (count - 1) * size)
+        if busy < biggest:
+            raise NginxUnsupported(f"proxy_buffers {count} {size} cannot hold proxy_buffer_size "
+                                   f"{buffering.buffer_size} (nginx: proxy_busy_buffers_size)")
+        max_temp = buffering.max_temp_file_size
+        out += [f"proxy_buffering {'on' if buffering.on else 'off'};",
+                f"proxy_buffer_size {_size(buffering.buffer_size)};",
+                f"proxy_buffers {count} {_size(size)};",
+                f"proxy_busy_buffers_size {_size(busy)};",
+                f"proxy_max_temp_file_size {_size(max_temp) if max_temp == 0 or max_temp >= biggest else _size(biggest)};"]
+    gzip = by_type.get(hops.Gzip)
+    if gzip is None:
+        out.append("gzip off;")
+    else:
+        types = [t for t in gzip.types if t != "text/html"]  # nginx always includes text/html
+        out += ["gzip on;", "gzip_proxied off;", "gzip_http_version 1.1;",
+                f"gzip_comp_level {gzip.comp_level};",
+                f"gzip_buffers {gzip.buffers[0]} {_size(gzip.buffers[1])};",
+                f"gzip_min_length {gzip.min_length};"]
+        if "*" in types:
+            out.append("gzip_types *;")
+        elif types:
+            out.append("gzip_types " + " ".join(types) + ";")
+    chunked = by_type.get(hops.ChunkedEncoding)
+    out.append(f"chunked_transfer_encoding {'on' if chunked is None or chunked.on else 'off'};")
+    return out
+
+
+@lru_cache(maxsize=1)
+def _supported() -> frozenset[type]:
+    """The fault types nginx has directives for (imported late: hops imports _proxy)."""
+    from . import hops
+
+    return frozenset({Noop, hops.ReadTimeout, hops.UpstreamSendTimeout, hops.SendTimeout, hops.Buffering,
+                      hops.Gzip, hops.ChunkedEncoding})
+
+
+def check_supported(rules: Iterable[Rule]) -> None:
+    """Raise ``NginxUnsupported`` if any rule's fault cannot be written as nginx directives."""
+    bad = [r.fault for r in rules if type(r.fault) not in _supported()]
+    if bad:
+        raise NginxUnsupported(
+            "nginx has no directive for " + ", ".join(f"{f.name} ({f.setting})" for f in bad))
+
+
+def nginx_conf(*, upstream: Any, port: int, rules: Iterable[Rule] = (), workdir: str = "/tmp/streamlab-nginx",
+               proxy_http_version: str = "1.0", keepalive_timeout: float = 75.0,
+               client_header_timeout: float = 60.0, generation: int = 1) -> str:
+    """The nginx.conf for these rules (see the module docstring). Pure: nothing is started."""
+    rules = tuple(rules)
+    check_supported(rules)
+    host, up_port, base = _parse_upstream(upstream)
+    target = f"http://{host}:{up_port}{base}$request_uri" if base else f"http://{host}:{up_port}"
+    prefixes = sorted({"/", *(r.path_prefix for r in rules)})
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    w = workdir
+    lines = [
+        "# generated by streamlab from the same faults as the embedded proxy",
+        f"{user}daemon off;",
+        "worker_processes 1;",
+        "error_log stderr info;",
+        f"pid {w}/nginx.pid;",
+        "events { worker_connections 1024; }",
+        "http {",
+        "    log_format streamlab '$msec $connection $status $bytes_sent $request_time "
+        "$upstream_status \"$request\"';",
+        f"    access_log {w}/access.log streamlab;",
+        f"    client_body_temp_path {w}/client_body;",
+        f"    proxy_temp_path {w}/proxy;",
+        f"    fastcgi_temp_path {w}/fastcgi;",
+        f"    uwsgi_temp_path {w}/uwsgi;",
+        f"    scgi_temp_path {w}/scgi;",
+        "    client_max_body_size 0;",
+        "    large_client_header_buffers 4 32k;",
+        f"    keepalive_timeout {_ms(keepalive_timeout)};",
+        f"    client_header_timeout {_ms(client_header_timeout)};",
+        "    server {",
+        f"        listen 127.0.0.1:{port};",
+        f"        location = {GENERATION_PATH} {{ access_log off; return 200 \"{generation}\"; }}",
+    ]
+    for prefix in prefixes:
+        faults = chain_for(rules, prefix)
+        lines.append(f"        location {prefix} {{")
+        lines.append(f"            proxy_pass {target};")
+        lines.append(f"            proxy_http_version {proxy_http_version};")
+        lines.extend(f"            {d}" for d in _directives(faults))
+        lines.append("        }")
+    lines += ["    }", "}", ""]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- the runner
+
+
+class NginxProxy(Server):
+    """Real nginx in front of ``upstream``, configured from faults (the embedded proxy's settings).
+
+    Keyword-only settings, the same as ``Proxy``: ``upstream``, ``faults``, ``profile``,
+    ``proxy_http_version``, ``keepalive_timeout``, ``client_header_timeout``,
+    ``name``, ``port`` (``record`` is accepted and ignored: nginx keeps its own logs).
+
+    ``config`` is the generated nginx.conf, ``log_lines(grep)`` nginx's error log,
+    ``log`` a ``HopLog`` built from nginx's access log (one open/status/out/close
+    per request) and error log (``fault`` events for timeouts and failures).
+    """
+
+    kind = "real nginx"
+    start_timeout = 10.0
+
+    def __init__(self, *, upstream: Any, faults: Iterable[Any] = (), profile: str | None = None,
+                 proxy_http_version: str = "1.0", keepalive_timeout: float = 75.0,
+                 client_header_timeout: float = 60.0, record: bool = True, name: str = "nginx",
+                 port: int = 0) -> None:
+        super().__init__()
+        if not nginx_available():
+            raise RuntimeError("nginx is not installed (apt-get install nginx-light); use the embedded Proxy")
+        self.kind = f"real nginx {nginx_version()}"
+        self.upstream = upstream
+        self.name = name
+        self.proxy_http_version = proxy_http_version
+        self.keepalive_timeout = keepalive_timeout
+        self.client_header_timeout = client_header_timeout
+        self._ruleset = RuleSet(profile_rules(profile) + as_rules(faults))
+        check_supported(self._ruleset.rules)
+        self.process: subprocess.Popen | None = None
+        self.workdir: str | None = None
+        self.config = ""
+        self.generation = 0
+        self._lines: list[tuple[float, str]] = []
+        self._lines_lock = threading.Lock()
+        self._reader: threading.Thread | None = None
+        self._log = HopLog(name)
+        self._access_offset = 0
+        self._clock = (time.time(), time.perf_counter())
+        self._reload_lock = threading.Lock()
+        self._fixed_port = port
+
+    # -- configuration (same API as Proxy)
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        return self._ruleset.rules
+
+    @property
+    def faults(self) -> list[Fault]:
+        return chain_for(self.rules, "/")
+
+    def chain(self, path: str = "/") -> list[Fault]:
+        return [Noop(), *chain_for(self.rules, path)]
+
+    def inject(self, *faults: Any, path_prefix: str = "/") -> Injection:
+        """Add faults now (config rewritten, nginx reloaded); ``with`` removes them on exit."""
+        rules = as_rules(faults, path_prefix)
+        check_supported(rules)
+        self._ruleset.add(rules)
+        try:
+            self._reload()
+        except BaseException:
+            self._ruleset.remove(rules)
+            raise
+        return Injection(self, rules)
+
+    def _remove_rules(self, rules: tuple[Rule, ...]) -> None:
+        self._ruleset.remove(rules)
+        self._reload()
+
+    # -- lifecycle
+    def _write_config(self) -> None:
+        assert self.workdir is not None and self.port is not None
+        self.generation += 1
+        self.config = nginx_conf(upstream=self.upstream, port=self.port, rules=self.rules, workdir=self.workdir,
+                                 proxy_http_version=self.proxy_http_version,
+                                 keepalive_timeout=self.keepalive_timeout,
+                                 client_header_timeout=self.client_header_timeout, generation=self.generation)
+        path = os.path.join(self.workdir, "nginx.conf")
+        with open(path + ".new", "w") as fh:
+            fh.write(self.config)
+        os.replace(path + ".new", path)
+
+    def _start(self) -> None:
+        binary = _binary()
+        if binary is None:
+            raise RuntimeError("nginx is not installed")
+        self.workdir = tempfile.mkdtemp(prefix="streamlab-nginx-")
+        self._clock = (time.time(), time.perf_counter())
+        last_error = ""
+        for _attempt in range(3):  # nginx binds the port itself: retry if someone took it meanwhile
+            self.port = self._fixed_port or free_port()
+            self.generation = 0
+            self._write_config()
+            with self._lines_lock:
+                self._lines.clear()
+            self.process = subprocess.Popen(
+                [binary, "-p", self.workdir, "-c", os.path.join(self.workdir, "nginx.conf"), "-e", "stderr"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                start_new_session=True, preexec_fn=_child_setup, cwd=self.workdir,
+            )
+            self._reader = threading.Thread(target=self._read_stderr, args=(self.process.stderr,),
+                                            name="streamlab-nginx-log", daemon=True)
+            self._reader.start()
+            if self._wait_generation(self.start_timeout):
+                return
+            if self.process.poll() is not None and self._reader is not None:
+                self._reader.join(2)  # let the reader catch nginx's last words
+            last_error = "\n".join(self.log_lines()[-10:])
+            self._kill()
+            if "Address already in use" not in last_error:
+                break
+        raise RuntimeError(f"nginx did not start:\n{last_error}")
+
+    def _read_stderr(self, pipe: Any) -> None:
+        for raw in iter(pipe.readline, b""):
+            text = raw.decode("utf-8", "replace").rstrip("\r\n")
+            now = time.perf_counter()
+            with self._lines_lock:
+                self._lines.append((now, text))
+            match = re.search(r"\[(error|warn|crit|alert)\] \d+#\d+: \*(\d+) (.*?)(?:, client:|$)", text)
+            if match:
+                self._log.add("fault", 0, f"nginx: {match.group(3)}", int(match.group(2)), t=now)
+        pipe.close()
+
+    def _probe(self) -> str | None:
+        try:
+            with socket.create_connection((self.host, self.port), timeout=0.5) as sock:
+                sock.sendall(f"GET {GENERATION_PATH} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+                data = b""
+                while chunk := sock.recv(4096):
+                    data += chunk
+        except OSError:
+            return None
+        head, _, body = data.partition(b"\r\n\r\n")
+        return body.decode() if head.startswith(b"HTTP/1.1 200") else None
+
+    def _wait_generation(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        want = str(self.generation)
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                return False
+            if self._probe() == want:
+                return True
+            time.sleep(0.003)
+        return False
+
+    def _reload(self) -> None:
+        if not self.running or self.process is None:
+            return
+        with self._reload_lock:
+            retired = len(self.log_lines("gracefully shutting down"))
+            self._write_config()
+            os.kill(self.process.pid, signal.SIGHUP)
+            # the new worker answers with the new generation, and the old one has closed its
+            # listening socket (until then it may still accept a connection with the old config)
+            deadline = time.monotonic() + self.start_timeout
+            while len(self.log_lines("gracefully shutting down")) <= retired and time.monotonic() < deadline:
+                time.sleep(0.002)
+            if not self._wait_generation(max(0.0, deadline - time.monotonic())):
+                raise RuntimeError("nginx did not take the new config:\n" + "\n".join(self.log_lines()[-10:]))
+
+    def _kill(self) -> None:
+        proc, self.process = self.process, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)  # fast shutdown: the master stops its worker
+            try:
+                proc.wait(3)
+            except subprocess.TimeoutExpired:
+                pass
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the worker too, if it outlived its master
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)
+        if self._reader is not None:
+            self._reader.join(2)
+            self._reader = None
+
+    def _stop(self) -> None:
+        self._kill()
+        if self.workdir is not None:
+            self._read_access_log()
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+
+    # -- what nginx saw
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def log_lines(self, grep: str | None = None) -> list[str]:
+        """nginx's error log (stderr) so far, optionally only lines containing ``grep``."""
+        with self._lines_lock:
+            lines = [text for _, text in self._lines]
+        return [line for line in lines if grep is None or grep in line]
+
+    def _read_access_log(self) -> None:
+        if self.workdir is None:
+            return
+        path = os.path.join(self.workdir, "access.log")
+        with contextlib.suppress(OSError), open(path, "rb") as fh:
+            fh.seek(self._access_offset)
+            data = fh.read()
+            end = data.rfind(b"\n") + 1
+            self._access_offset += end
+            wall0, perf0 = self._clock
+            for line in data[:end].decode("utf-8", "replace").splitlines():
+                match = re.match(r"(\S+) (\d+) (\d+) (\d+) (\S+) (\S+) \"(.*)\"$", line)
+                if not match:
+                    continue
+                t_end = perf0 + float(match.group(1)) - wall0
+                conn = int(match.group(2))
+                status, sent, took, up_status = match.group(3), int(match.group(4)), float(match.group(5)), match.group(6)
+                self._log.add("open", 0, match.group(7), conn, t=t_end - took)
+                self._log.add("status", 0, status, conn, t=t_end - took)
+                self._log.add("out", sent, "", conn, t=t_end)
+                self._log.add("close", 0, f"status {status}, upstream {up_status}", conn, t=t_end)
+
+    @property
+    def log(self) -> HopLog:
+        """A ``HopLog`` of what nginx logged so far (access log lines are written when a request ends)."""
+        self._read_access_log()
+        return self._log
+
+    def __repr__(self) -> str:
+        where = f"{self.host}:{self.port}" if self.port else "not started"
+        return f"<NginxProxy {self.kind} {where} faults={self.faults}>"
+
+
+def proxy_for(*, upstream: Any, faults: Iterable[Any] = (), profile: str | None = None, prefer: str = "nginx",
+              **settings: Any) -> Server:
+    """Real nginx when it is installed and can express the faults, else the embedded proxy.
+
+    ``prefer="embedded"`` always gives the embedded proxy. The result is not
+    started (use ``with``); its ``.kind`` says which one you got and why:
+    ``"real nginx 1.22.1"``, ``"embedded proxy (nginx not installed)"``,
+    ``"embedded proxy (nginx has no directive for idle_timeout ...)"``.
+    """
+    if prefer not in ("nginx", "embedded"):
+        raise ValueError(f"prefer is 'nginx' or 'embedded', got {prefer!r}")
+    faults = list(faults)
+    if prefer == "nginx":
+        if not nginx_available():
+            why = "nginx not installed"
+        else:
+            try:
+                check_supported(profile_rules(profile) + as_rules(faults))
+            except NginxUnsupported as exc:
+                why = str(exc)
+            else:
+                return NginxProxy(upstream=upstream, faults=faults, profile=profile, **settings)
+    else:
+        why = "asked for"
+    proxy = Proxy(upstream=upstream, faults=faults, profile=profile, **settings)
+    proxy.kind = f"embedded proxy ({why})"
+    return proxy

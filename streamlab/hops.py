@@ -1,0 +1,677 @@
+"""Faults of the hops between a client and the model: proxies, load balancers, gateways.
+
+One fault is one frozen dataclass of settings plus one method, ``pipe``, that
+sees the response stream of an exchange and passes on what it is not meant to
+change (see ``_proxy.py`` for the stream it sees). Each is registered by name,
+so the CLI flags (``streamlab proxy --read-timeout 30``), the spec strings
+(``from_spec("read_timeout=30")``) and a widget's dropdown (``names()``) all
+come from ``REGISTRY``. Durations are scenario seconds (``streamlab.time_scale``).
+
+    name               setting it emulates                      the client sees
+    read_timeout       nginx proxy_read_timeout                 504 before headers, a cut after
+    upstream_send_timeout  nginx proxy_send_timeout             504 (upstream not reading the request)
+    send_timeout       nginx send_timeout                       a cut (the client stopped reading)
+    buffering          nginx proxy_buffering, proxy_buffer_size,  headers held until the first body
+                       proxy_buffers, X-Accel-Buffering          bytes; events held if the upstream
+                                                                 body is not chunked; 502 big header
+    gzip               nginx gzip, gzip_types, gzip_buffers      a buffered SSE stream held to the end
+    chunked            nginx chunked_transfer_encoding           close-delimited body: a cut looks complete
+    idle_timeout       cloud load balancer idle timeout (60 s)  504 before headers, a cut after
+    deadline           API gateway integration timeout (29 s)   504 before headers, a cut after
+    kill_after         serverless max duration                  504 before headers, a cut after
+    cut_after_bytes    a byte limit (toxiproxy limit_data)      a cut after N body bytes
+    reset_after_bytes  a TCP reset (toxiproxy reset_peer)       ECONNRESET after N body bytes
+
+What real nginx 1.22.1 does with an SSE stream was measured, not assumed
+(tests/test_nginx_conformance.py runs every scenario through both):
+
+* ``proxy_buffering on`` (the default) holds SSE events back only when the
+  upstream's body is not chunked (Content-Length, or close-delimited as many
+  servers answer nginx's default HTTP/1.0 requests): then they leave in 4 KiB
+  buffers or at the end. A chunked body (uvicorn and most ASGI servers) is
+  sent on read by read. Buffering always holds the response *headers* until
+  the first body bytes leave, and reads the upstream as fast as it can
+  whatever the client's pace (a slow client does not slow the model down).
+* ``gzip`` on ``text/event-stream`` with buffering on holds the whole stream
+  (headers too) until its 4 KiB output buffer fills or the stream ends. With
+  ``X-Accel-Buffering: no`` or ``proxy_buffering off`` gzip flushes every read.
+* ``proxy_read_timeout`` counts from the last read, but nginx timers are lazy by
+  up to 300 ms (a re-armed timer is not moved if it would move by less), so
+  real nginx may fire up to 0.3 s early; below 0.3 s it acts like a deadline.
+  The embedded proxy implements the documented idle semantics exactly.
+* A read timeout after the upstream sent headers but before any body byte
+  gives the client ``200`` and then a cut, not a ``504``.
+
+Profiles (``PROFILES``) bundle the defaults of one product: ``nginx()``,
+``load_balancer()``, ``api_gateway()``, ``serverless()``.
+
+A fault of your own is one more small class (it gets a CLI flag too)::
+
+    @hops.register
+    @dataclass(frozen=True, kw_only=True)
+    class DropComments(hops.Fault):  # a hop that strips SSE heartbeats (": keep-alive")
+        name: ClassVar[str] = "drop_comments"
+        async def pipe(self, items, ex):
+            async for item in items:
+                yield re.sub(rb"(?m)^:.*\\n", b"", item) if type(item) is bytes else item
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import zlib
+from collections import deque
+from dataclasses import MISSING, dataclass, fields
+from typing import Any, AsyncIterator, ClassVar
+
+from ._proxy import (REGISTRY, Abort, Exchange, Fault, Head, Noop, Rule, error_page, pace, register)
+from ._timescale import to_real
+from .faults import SpecError
+
+__all__ = [
+    "Fault", "Noop", "Rule", "Abort", "Head", "Exchange", "register", "pace",
+    "ReadTimeout", "UpstreamSendTimeout", "SendTimeout", "Buffering", "Gzip", "ChunkedEncoding",
+    "IdleTimeout", "Deadline", "KillAfter", "CutAfterBytes", "ResetAfterBytes",
+    "REGISTRY", "names", "from_spec", "parse", "to_spec", "SpecError",
+    "PROFILES", "nginx", "load_balancer", "api_gateway", "serverless",
+]
+
+_TIMED_OUT = "upstream timed out (110: Connection timed out)"
+
+
+def _expired(fault: Fault, phase: int, before: str, after: str, **response: Any) -> Abort:
+    """What a timer does when it runs out: an error response before the head (504), a cut after."""
+    if phase < 3:
+        return Abort(before, status=504, fault=fault.name, **response)
+    return Abort(after, fault=fault.name)
+
+
+# --------------------------------------------------------------------------- timers (stage 10)
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class ReadTimeout(Fault):
+    """nginx ``proxy_read_timeout``: the longest silence between two reads from the upstream.
+
+    Before the response headers the client gets ``504 Gateway Time-out``; after
+    them the connection is closed without the terminating chunk (a cut).
+    nginx's default is 60 s.
+    """
+
+    seconds: float = 60.0
+    name: ClassVar[str] = "read_timeout"
+    setting: ClassVar[str] = "nginx proxy_read_timeout"
+    value_arg: ClassVar[str] = "seconds"
+    stage: ClassVar[int] = 10
+
+    def pipe(self, items: AsyncIterator[Any], ex: Exchange) -> AsyncIterator[Any]:
+        limit = to_real(self.seconds)
+        return pace(items, ex, deadline=lambda phase, now: now + limit if phase >= 2 else None,
+                    expire=lambda phase: _expired(self, phase, f"{_TIMED_OUT} while reading response header "
+                                                  "from upstream", f"{_TIMED_OUT} while reading upstream"))
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class UpstreamSendTimeout(Fault):
+    """nginx ``proxy_send_timeout``: the longest the upstream may go without reading our request.
+
+    Only a large request body to an upstream that does not read it can trip it;
+    the client gets ``504``. nginx's default is 60 s.
+    """
+
+    seconds: float = 60.0
+    name: ClassVar[str] = "upstream_send_timeout"
+    setting: ClassVar[str] = "nginx proxy_send_timeout"
+    value_arg: ClassVar[str] = "seconds"
+    stage: ClassVar[int] = 10
+
+    def pipe(self, items: AsyncIterator[Any], ex: Exchange) -> AsyncIterator[Any]:
+        limit = to_real(self.seconds)
+        return pace(items, ex, deadline=lambda phase, now: now + limit if phase == 1 else None,
+                    expire=lambda phase: _expired(self, phase, f"{_TIMED_OUT} while sending request to upstream",
+                                                  f"{_TIMED_OUT} while sending request to upstream"))
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class SendTimeout(Fault):
+    """nginx ``send_timeout``: the longest a write to the client may stay blocked.
+
+    A client that stops reading (a stuck UI, a paused consumer) fills the socket
+    buffers; after ``seconds`` without progress the proxy closes the connection:
+    the client sees a cut once it reads again. nginx's default is 60 s.
+    """
+
+    seconds: float = 60.0
+    name: ClassVar[str] = "send_timeout"
+    setting: ClassVar[str] = "nginx send_timeout"
+    value_arg: ClassVar[str] = "seconds"
+    stage: ClassVar[int] = 70
+
+    def pipe(self, items: AsyncIterator[Any], ex: Exchange) -> AsyncIterator[Any]:
+        ex.send_timeout = to_real(self.seconds)  # the sink applies it to every blocked write
+        return items
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class IdleTimeout(Fault):
+    """A cloud load balancer's idle timeout (AWS ALB ``idle_timeout.timeout_seconds``, default 60 s).
+
+    No byte from the backend for ``seconds``: ``504`` before the response
+    headers, a closed connection (cut) after. SSE keep-alive comments reset it.
+    """
+
+    seconds: float = 60.0
+    name: ClassVar[str] = "idle_timeout"
+    setting: ClassVar[str] = "load balancer idle timeout (AWS ALB idle_timeout.timeout_seconds)"
+    value_arg: ClassVar[str] = "seconds"
+    stage: ClassVar[int] = 10
+
+    def pipe(self, items: AsyncIterator[Any], ex: Exchange) -> AsyncIterator[Any]:
+        limit = to_real(self.seconds)
+        return pace(items, ex, deadline=lambda phase, now: now + limit,
+                    expire=lambda phase: _expired(self, phase, "load balancer idle timeout",
+                                                  "load balancer idle timeout: connection closed",
+                                                  body=error_page(504, "awselb/2.0")))
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class Deadline(Fault):
+    """An API gateway's hard limit on the whole request (AWS API Gateway: 29 s integration timeout).
+
+    Counted from the request's arrival, however much data flows. Before the
+    response headers the client gets ``504 {"message": "Endpoint request timed
+    out"}``; a response already streaming is cut.
+    """
+
+    seconds: float = 29.0
+    name: ClassVar[str] = "deadline"
+    setting: ClassVar[str] = "API gateway integration timeout (AWS API Gateway: 29 s)"
+    value_arg: ClassVar[str] = "seconds"
+    stage: ClassVar[int] = 10
+
+    def pipe(self, items: AsyncIterator[Any], ex: Exchange) -> AsyncIterator[Any]:
+        until = ex.t_open + to_real(self.seconds)
+        return pace(items, ex, deadline=lambda phase, now: until,
+                    expire=lambda phase: _expired(self, phase, "gateway deadline: endpoint request timed out",
+                                                  "gateway deadline: response cut",
+                                                  body=b'{"message": "Endpoint request timed out"}',
+                                                  content_type="application/json"))
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class KillAfter(Fault):
+    """A serverless platform killing the function after ``seconds`` (Vercel ``maxDuration``, Lambda timeout).
+
+    Before the response headers the client gets ``504 FUNCTION_INVOCATION_TIMEOUT``;
+    a stream already under way is cut where it is.
+    """
+
+    seconds: float = 10.0
+    name: ClassVar[str] = "kill_after"
+    setting: ClassVar[str] = "serverless max duration (Vercel maxDuration, AWS Lambda timeout)"
+    value_arg: ClassVar[str] = "seconds"
+    stage: ClassVar[int] = 10
+
+    def pipe(self, items: AsyncIterator[Any], ex: Exchange) -> AsyncIterator[Any]:
+        until = ex.t_open + to_real(self.seconds)
+        return pace(items, ex, deadline=lambda phase, now: until,
+                    expire=lambda phase: _expired(self, phase, "function killed at max duration",
+                                                  "function killed at max duration: stream cut",
+                                                  body=b"An error occurred with your deployment\n\n"
+                                                       b"FUNCTION_INVOCATION_TIMEOUT\n",
+                                                  content_type="text/plain; charset=utf-8"))
+
+
+# --------------------------------------------------------------------------- buffering (stage 20)
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class Buffering(Fault):
+    """nginx ``proxy_buffering`` (default on) with ``proxy_buffer_size`` and ``proxy_buffers``.
+
+    Measured on nginx 1.22.1: whether buffering holds an SSE stream depends on
+    how the *upstream* frames its body. A chunked body (uvicorn, most ASGI
+    servers) is passed on read by read: events flow. A body with Content-Length,
+    or one delimited by closing the connection (what many servers send to
+    nginx's default ``proxy_http_version 1.0``), leaves only in full
+    ``buffers[1]``-byte buffers or at the end: events are held. Either way the
+    response headers wait for the first body bytes leaving (or the end, or an
+    error), and the upstream is read whatever the client's pace, up to
+    ``buffers`` in memory plus ``max_temp_file_size`` on disk (a slow client
+    does not slow the model down). A response head larger than ``buffer_size``
+    gets ``502`` ("upstream sent too big header"). The response header
+    ``X-Accel-Buffering: no`` (or ``yes``) overrides ``on`` per response.
+    """
+
+    on: bool = True
+    buffer_size: int = 4096
+    buffers: tuple[int, int] = (8, 4096)
+    max_temp_file_size: int = 1024 * 1024 * 1024
+    name: ClassVar[str] = "buffering"
+    setting: ClassVar[str] = "nginx proxy_buffering, proxy_buffer_size, proxy_buffers"
+    value_arg: ClassVar[str] = "on"
+    stage: ClassVar[int] = 20
+
+    async def pipe(self, items: AsyncIterator[Any], ex: Exchange) -> AsyncIterator[Any]:
+        it = items.__aiter__()
+        head = None
+        async for item in it:  # markers pass; the Head stops the loop (``it`` goes on below)
+            if type(item) is Head:
+                head = item
+                break
+            yield item
+        if head is None:
+            return
+        if head.raw_size > self.buffer_size:
+            raise Abort("upstream sent too big header while reading response header from upstream",
+                        status=502, fault=self.name)
+        accel = (head.get(b"x-accel-buffering") or b"").lower()
+        if not (accel == b"yes" or (self.on and accel != b"no")):
+            yield head
+            async for item in it:
+                yield item
+            return
+
+        ex.buffered = True
+        held: deque[bytes] = deque()
+        state: dict[str, Any] = {"bytes": 0, "error": None, "done": False, "head_out": False}
+        more, room = asyncio.Event(), asyncio.Event()
+        limit = self.buffers[0] * self.buffers[1] + self.max_temp_file_size
+
+        # nginx passes a partly filled buffer on only if it holds a whole chunk of a chunked
+        # body; a Content-Length or close-delimited body leaves in full buffers (or at the end)
+        chunked = b"chunked" in (head.get(b"transfer-encoding") or b"").lower()
+        size = self.buffers[1]
+        partial = bytearray()
+
+        def release(data: bytes) -> None:
+            held.append(data)
+            state["bytes"] += len(data)
+            more.set()
+
+        async def read_upstream() -> None:  # nginx's event pipe: read whatever the client does
+            try:
+                async for item in it:
+                    if type(item) is not bytes or not item:
+                        continue
+                    if chunked:
+                        release(item)
+                    else:
+                        partial.extend(item)
+                        if len(partial) >= size:
+                            full = len(partial) - len(partial) % size
+                            release(bytes(partial[:full]))
+                            del partial[:full]
+                    if len(held) > 1 or partial or not state["head_out"]:
+                        ex.note("hold", "buffering", state["bytes"] + len(partial))
+                    while state["bytes"] > limit:
+                        room.clear()
+                        await room.wait()
+            except Abort as abort:
+                state["error"] = abort
+            except Exception as exc:  # noqa: BLE001 - hand it to the consumer
+                state["error"] = exc
+            finally:
+                if partial:  # the end (or an error) flushes what is held
+                    release(bytes(partial))
+                state["done"] = True
+                more.set()
+
+        reader = asyncio.get_running_loop().create_task(read_upstream())
+
+        async def stop_reader() -> None:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+
+        ex.cleanups.append(stop_reader)
+        while not held and not state["done"]:  # the head waits for the first body bytes
+            more.clear()
+            await more.wait()
+        state["head_out"] = True
+        yield head
+        while True:
+            while held:
+                chunk = held.popleft()
+                state["bytes"] -= len(chunk)
+                room.set()
+                yield chunk
+            if state["done"]:
+                if state["error"] is not None:
+                    raise state["error"]
+                return
+            more.clear()
+            await more.wait()
+
+
+# --------------------------------------------------------------------------- compression (stage 30)
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class Gzip(Fault):
+    """nginx ``gzip on`` with ``gzip_types``, ``gzip_comp_level``, ``gzip_buffers``.
+
+    Compresses responses of the listed types for clients that accept gzip. When
+    the response is buffered (``Buffering`` on and no ``X-Accel-Buffering: no``)
+    output leaves only in full ``buffers[1]``-byte buffers, so a short SSE
+    stream, headers included, arrives in one piece at the end: gzip buffers too.
+    Unbuffered, every read is flushed (Z_SYNC_FLUSH) and events flow. On an
+    error what is held is flushed before the cut. nginx's own default
+    ``gzip_types`` is ``text/html`` only; this fault's default adds SSE.
+    """
+
+    types: tuple[str, ...] = ("text/html", "text/event-stream")
+    comp_level: int = 1
+    buffers: tuple[int, int] = (32, 4096)
+    min_length: int = 20
+    name: ClassVar[str] = "gzip"
+    setting: ClassVar[str] = "nginx gzip, gzip_types, gzip_comp_level, gzip_buffers"
+    value_arg: ClassVar[str | None] = None
+    stage: ClassVar[int] = 30
+
+    def _applies(self, head: Head, ex: Exchange) -> bool:
+        length = head.get(b"content-length")
+        return (ex.version == "1.1" and ex.method != "HEAD" and head.status in (200, 403, 404)
+                and b"gzip" in (ex.header(b"accept-encoding") or b"").lower()
+                and ex.header(b"via") is None  # gzip_proxied off
+                and head.get(b"content-encoding") is None
+                and ("*" in self.types or head.content_type in self.types)
+                and (length is None or int(length) >= self.min_length))
+
+    async def pipe(self, items: AsyncIterator[Any], ex: Exchange) -> AsyncIterator[Any]:
+        it = items.__aiter__()
+        head = None
+        async for item in it:  # markers pass; the Head stops the loop (``it`` goes on below)
+            if type(item) is Head:
+                head = item
+                break
+            yield item
+        if head is None:
+            return
+        if not self._applies(head, ex):
+            yield head
+            async for item in it:
+                yield item
+            return
+        head = head.without(b"content-length").with_header(b"content-encoding", b"gzip")
+        z = zlib.compressobj(self.comp_level, zlib.DEFLATED, 31)  # gzip wrapper, as nginx writes it
+        if not ex.buffered:  # each upstream read arrives flagged "flush": sync-flush it
+            yield head
+            async for item in it:
+                yield z.compress(item) + z.flush(zlib.Z_SYNC_FLUSH) if type(item) is bytes else item
+            yield z.flush()
+            return
+        size = self.buffers[1]
+        pending = bytearray()
+        head_out = False
+        try:
+            async for item in it:
+                if type(item) is not bytes:
+                    yield item
+                    continue
+                pending += z.compress(item)
+                if len(pending) >= size:  # full output buffers leave, the rest waits
+                    cut = len(pending) - len(pending) % size
+                    if not head_out:
+                        head_out = True
+                        yield head
+                    ex.note("hold", "gzip", len(pending) - cut)
+                    yield bytes(pending[:cut])
+                    del pending[:cut]
+                elif pending:
+                    ex.note("hold", "gzip", len(pending))
+        except Abort:
+            pending += z.flush(zlib.Z_SYNC_FLUSH)  # nginx sends what it holds, then closes
+            if not head_out:
+                yield head
+            yield bytes(pending)
+            raise
+        pending += z.flush()
+        if not head_out:
+            yield head
+        yield bytes(pending)
+
+
+# --------------------------------------------------------------------------- framing (stage 40)
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class ChunkedEncoding(Fault):
+    """nginx ``chunked_transfer_encoding off``: a body of unknown length ends when the connection closes.
+
+    The client then cannot tell a cut from the end: a stream cut upstream looks
+    complete (no incomplete-chunked-read error). ``on=True`` is nginx's default.
+    """
+
+    on: bool = False
+    name: ClassVar[str] = "chunked"
+    setting: ClassVar[str] = "nginx chunked_transfer_encoding"
+    value_arg: ClassVar[str] = "on"
+    stage: ClassVar[int] = 40
+
+    def pipe(self, items: AsyncIterator[Any], ex: Exchange) -> AsyncIterator[Any]:
+        ex.chunked = self.on  # the sink frames the body
+        return items
+
+
+# --------------------------------------------------------------------------- byte limits (stage 60)
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class CutAfterBytes(Fault):
+    """Close the client connection (FIN) after ``nbytes`` body bytes, without the terminating chunk."""
+
+    nbytes: int
+    name: ClassVar[str] = "cut_after_bytes"
+    setting: ClassVar[str] = "a byte limit (toxiproxy limit_data)"
+    value_arg: ClassVar[str] = "nbytes"
+    stage: ClassVar[int] = 60
+
+    async def pipe(self, items: AsyncIterator[Any], ex: Exchange) -> AsyncIterator[Any]:
+        left = self.nbytes
+        async for item in items:
+            if type(item) is bytes and item:
+                if len(item) >= left:
+                    if left:
+                        yield item[:left]
+                    raise Abort(f"cut after {self.nbytes} body bytes", fault=self.name)
+                left -= len(item)
+            yield item
+
+
+@register
+@dataclass(frozen=True, kw_only=True)
+class ResetAfterBytes(Fault):
+    """Abort the client connection with a TCP RST (SO_LINGER 0) after ``nbytes`` body bytes.
+
+    ``nbytes=0`` resets as soon as the response head arrives, before anything is sent.
+    """
+
+    nbytes: int = 0
+    name: ClassVar[str] = "reset_after_bytes"
+    setting: ClassVar[str] = "a TCP reset (toxiproxy reset_peer)"
+    value_arg: ClassVar[str] = "nbytes"
+    stage: ClassVar[int] = 60
+
+    async def pipe(self, items: AsyncIterator[Any], ex: Exchange) -> AsyncIterator[Any]:
+        left = self.nbytes
+        async for item in items:
+            if type(item) is Head and left == 0:
+                raise Abort("reset before the response head", reset=True, fault=self.name)
+            if type(item) is bytes and item:
+                if len(item) >= left:
+                    if left:
+                        yield item[:left]
+                    raise Abort(f"reset after {self.nbytes} body bytes", reset=True, fault=self.name)
+                left -= len(item)
+            yield item
+
+
+# --------------------------------------------------------------------------- registry and specs
+
+
+def names() -> list[str]:
+    """Registered fault names, in registry order (for dropdowns and CLI flags)."""
+    return list(REGISTRY)
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)?\s*$")
+_SIZE = re.compile(r"^\s*(\d+)\s*([kKmMgG])?\s*$")
+_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def _duration(raw: str) -> float:
+    match = _DURATION.match(raw)
+    if not match:
+        raise ValueError(f"{raw!r} is not a duration (like 30, 30s, 500ms, 2m)")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _size(raw: str) -> int:
+    match = _SIZE.match(raw)
+    if not match:
+        raise ValueError(f"{raw!r} is not a size (like 4096, 4k, 1m)")
+    return int(match.group(1)) * {None: 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}[
+        (match.group(2) or "").lower() or None]
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("", "on", "true", "yes", "1"):
+        return True
+    if value in ("off", "false", "no", "0"):
+        return False
+    raise ValueError(f"{raw!r} is not on or off")
+
+
+def _convert(type_name: str, raw: str) -> Any:
+    if type_name.startswith("float"):
+        return _duration(raw)
+    if type_name == "int":
+        return _size(raw)
+    if type_name == "bool":
+        return _bool(raw)
+    if type_name == "tuple[int, int]":
+        count, _, size = raw.lower().partition("x")
+        if not size:
+            raise ValueError(f"{raw!r} is not a buffer spec (like 8x4k)")
+        return (_size(count), _size(size))
+    if type_name == "tuple[str, ...]":
+        return tuple(part.strip() for part in raw.split("|") if part.strip())
+    raise ValueError(f"cannot parse a {type_name}")
+
+
+def from_spec(spec: str) -> Fault:
+    """One fault from ``name[=value][:key=value...]``, e.g. ``read_timeout=30``, ``buffering=on:buffer_size=8k``.
+
+    Durations take nginx units (``30``, ``30s``, ``500ms``, ``2m``), sizes ``4096``/``4k``/``1m``,
+    switches ``on``/``off``, buffer sets ``8x4k``, type lists ``text/html|text/event-stream``.
+    """
+    first, *extra = spec.strip().split(":")
+    name, has_value, value = first.partition("=")
+    name = name.strip().lower().replace("-", "_")
+    cls = REGISTRY.get(name)
+    if cls is None:
+        raise SpecError(f"unknown hop fault {name!r} in {spec!r}; known: {', '.join(REGISTRY)}")
+    types = {f.name: str(f.type) for f in fields(cls)}
+    kwargs: dict[str, Any] = {}
+    pairs = [(cls.value_arg, value)] if has_value else []
+    if has_value and cls.value_arg is None:
+        raise SpecError(f"{spec!r}: {name} takes no =value (use {name}:key=value)")
+    for part in extra:
+        key, eq, raw = part.partition("=")
+        key = key.strip().replace("-", "_")
+        if not eq or key not in types:
+            raise SpecError(f"{spec!r}: {part!r} is not key=value with a key of {sorted(types)}")
+        pairs.append((key, raw))
+    for key, raw in pairs:
+        try:
+            kwargs[key] = _convert(types[key], raw)
+        except ValueError as exc:
+            raise SpecError(f"{spec!r}: {key}: {exc}") from None
+    try:
+        return cls(**kwargs)
+    except TypeError:
+        raise SpecError(f"{spec!r}: {name} needs a value, like {name}=1") from None
+
+
+def parse(spec: str) -> list[Fault]:
+    """Several faults from a spec separated by ``,`` or ``;``: ``read_timeout=30,buffering=off``."""
+    return [from_spec(item) for item in re.split(r"[,;]", spec) if item.strip()]
+
+
+def _fmt(type_name: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    if type_name == "tuple[int, int]":
+        return f"{value[0]}x{value[1]}"
+    if type_name == "tuple[str, ...]":
+        return "|".join(value)
+    return str(value)
+
+
+def to_spec(fault: Fault) -> str:
+    """The spec string of a fault (the inverse of ``from_spec``); default settings are left out."""
+    text = fault.name
+    extra = []
+    for f in fields(fault):
+        value = getattr(fault, f.name)
+        if f.name == fault.value_arg:
+            text += f"={_fmt(str(f.type), value)}"
+        elif f.default is MISSING or value != f.default:
+            extra.append(f"{f.name}={_fmt(str(f.type), value)}")
+    return ":".join([text, *extra])
+
+
+# --------------------------------------------------------------------------- profiles
+
+
+def nginx(*, proxy_read_timeout: float = 60.0, proxy_send_timeout: float = 60.0, send_timeout: float = 60.0,
+          proxy_buffering: bool = True, proxy_buffer_size: int = 4096, proxy_buffers: tuple[int, int] = (8, 4096),
+          gzip: bool = False, gzip_types: tuple[str, ...] = ("text/html",),
+          chunked_transfer_encoding: bool = True) -> list[Fault]:
+    """nginx 1.22's defaults for a ``location`` with ``proxy_pass``, each setting named as in nginx.
+
+    ``Proxy(upstream=..., faults=hops.nginx(proxy_read_timeout=30))`` or ``profile="nginx"``.
+    """
+    out: list[Fault] = [
+        ReadTimeout(seconds=proxy_read_timeout),
+        UpstreamSendTimeout(seconds=proxy_send_timeout),
+        SendTimeout(seconds=send_timeout),
+        Buffering(on=proxy_buffering, buffer_size=proxy_buffer_size, buffers=tuple(proxy_buffers)),
+    ]
+    if gzip:
+        out.append(Gzip(types=tuple(gzip_types)))
+    if not chunked_transfer_encoding:
+        out.append(ChunkedEncoding(on=False))
+    return out
+
+
+def load_balancer(*, idle_timeout: float = 60.0) -> list[Fault]:
+    """A cloud load balancer: an idle timeout (AWS ALB default 60 s)."""
+    return [IdleTimeout(seconds=idle_timeout)]
+
+
+def api_gateway(*, timeout: float = 29.0) -> list[Fault]:
+    """An API gateway: a hard deadline on the whole request (AWS API Gateway: 29 s)."""
+    return [Deadline(seconds=timeout)]
+
+
+def serverless(*, max_duration: float = 10.0) -> list[Fault]:
+    """A serverless platform that kills the function after ``max_duration`` seconds."""
+    return [KillAfter(seconds=max_duration)]
+
+
+PROFILES = {"nginx": nginx, "load_balancer": load_balancer, "api_gateway": api_gateway, "serverless": serverless}
