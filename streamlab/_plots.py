@@ -14,10 +14,12 @@ timings are not.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from ._recorder import Outcome, Run
+from ._text import count_tokens
 from ._timeline import HopLog
 from ._timescale import current_time_scale
 
@@ -73,7 +75,8 @@ def _plt():
 def _draw_run(ax: Any, run: Run, *, title: str | None = None) -> None:
     times = run.relative()
     color = COLORS.get(run.outcome, "black")
-    counts = list(range(1, len(times) + 1))
+    counts = list(itertools.accumulate(count_tokens(text) for text in run.texts))  # a chunk may hold many tokens
+    got = counts[-1] if counts else 0
     if times:
         ax.step([0.0] + times, [0] + counts, where="post", color=color, lw=2)
         ax.plot(times, [0] * len(times), "|", color=color, ms=10, alpha=0.6)
@@ -82,8 +85,8 @@ def _draw_run(ax: Any, run: Run, *, title: str | None = None) -> None:
         ax.axhline(run.expected, ls="--", color="grey", lw=1)
         ax.text(0, run.expected, " expected", va="bottom", fontsize=8, color="grey")
     if run.error is not None or run.outcome in (Outcome.SILENT_TRUNCATION, Outcome.CLIENT_ABORTED):
-        ax.plot([end], [len(times)], "X", color=color, ms=12)
-        ax.annotate(run.error_class if run.error is not None else str(run.outcome), (end, len(times)),
+        ax.plot([end], [got], "X", color=color, ms=12)
+        ax.annotate(run.error_class if run.error is not None else str(run.outcome), (end, got),
                     textcoords="offset points", xytext=(-5, 8), ha="right", fontsize=8, color=color)
     # the longest silence, when it is much longer than the typical gap
     gaps = [(b - a, a, b) for a, b in zip([0.0] + times, times + ([end] if run.error is not None else []))]
@@ -95,7 +98,7 @@ def _draw_run(ax: Any, run: Run, *, title: str | None = None) -> None:
             ax.text((longest[1] + longest[2]) / 2, 0.5 * max(counts or [1]), "silence", ha="center",
                     fontsize=8, color=color)
     ax.set_xlim(left=0, right=max(end, 1e-6) * 1.05)
-    ax.set_ylim(bottom=0, top=max(run.expected or 0, len(times), 1) * 1.15)
+    ax.set_ylim(bottom=0, top=max(run.expected or 0, got, 1) * 1.15)
     ax.set_title(title or f"{run.label or 'run'}: {run.outcome}", fontsize=10, color=color)
     ax.set_xlabel("scenario seconds since request" + ("" if current_time_scale() == 1 else
                                                      f" (x{current_time_scale():g} wall clock)"))
@@ -109,6 +112,8 @@ def plot_runs(*runs: Run, title: str | None = None, sharex: bool = True):
     fig, axes = plt.subplots(1, len(runs), figsize=(5.2 * len(runs), 3.4), sharex=sharex, squeeze=False)
     for ax, run in zip(axes[0], runs):
         _draw_run(ax, run)
+    if sharex and runs:  # each panel set its own right edge; on a shared axis the last one would win
+        axes[0][0].set_xlim(left=0, right=max(max(run.e2e, 1e-6) for run in runs) * 1.05)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
