@@ -554,7 +554,8 @@ class MockApp:
         if last.get("role") == "tool":
             result = _content_text(last.get("content"))
             lead = ["Tool", " result:"] + [" " + w for w in result.split()[:8]] + [" ."]
-            tokens = (lead + generate(n, int(options["seed"])))[:n]
+            rest = generate(n, int(options["seed"]))
+            tokens = (lead + [" " + rest[0]] + rest[1:])[:n] if rest else lead[:n]
         elif options.get("echo"):
             tokens = echo_tokens(ex.entry.last_user_message, n)
         else:

@@ -4,8 +4,9 @@
 have to remember any environment variable): it switches off the telemetry and
 tracing of CrewAI, LangSmith, OpenTelemetry, Chroma and Hugging Face for this
 process and the subprocesses it starts. ``offline()`` also installs a socket
-guard in this process: a connection to anything but 127.0.0.0/8 or ::1 raises
-``NetworkBlocked`` at once instead of leaving the machine.
+guard in this process: a name lookup of anything but localhost, or a connection to
+anything but 127.0.0.0/8 or ::1, raises ``NetworkBlocked`` at once instead of
+leaving the machine.
 """
 
 from __future__ import annotations
@@ -60,6 +61,28 @@ def _loopback(address: object) -> bool:
 
 _original_connect = socket.socket.connect
 _original_connect_ex = socket.socket.connect_ex
+_original_getaddrinfo = socket.getaddrinfo
+
+
+def _loopback_name(host: object) -> bool:
+    if host is None:
+        return True  # a passive lookup (binding), no query leaves the machine
+    if isinstance(host, bytes):
+        host = host.decode("ascii", "replace")
+    host = str(host)
+    if host in ("", "localhost", "localhost.localdomain", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _guarded_getaddrinfo(host, *args, **kwargs):
+    if not _loopback_name(host):
+        raise NetworkBlocked(f"streamlab offline guard: refused to look up {host!r} (a DNS query would leave "
+                             "the machine; only loopback allowed)")
+    return _original_getaddrinfo(host, *args, **kwargs)
 
 
 def _guarded_connect(self: socket.socket, address: object):
@@ -80,3 +103,4 @@ def offline(guard: bool = True) -> None:
     if guard:
         socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
         socket.socket.connect_ex = _guarded_connect_ex  # type: ignore[method-assign]
+        socket.getaddrinfo = _guarded_getaddrinfo  # name lookups too: the DNS query is the first packet out

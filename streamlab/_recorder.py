@@ -59,6 +59,7 @@ class ChunkInfo:
     terminal: bool = False         # the stream's end marker ([DONE], finish_reason, TaskResult, ...)
     nbytes: int = 0
     error: str | None = None       # an error object carried inside the stream
+    echo: bool = False             # the caller's own input echoed back (AutoGen's task message): not received
 
 
 class StreamErrorEvent(Exception):
@@ -136,6 +137,8 @@ def inspect_chunk(item: Any) -> ChunkInfo:
     if isinstance(item, tuple) and len(item) == 2 and type(item[0]).__name__ in ("AIMessageChunk", "AIMessage"):
         return inspect_chunk(item[0])
     # AutoGen AgentChat events
+    if name in ("TextMessage", "MultiModalMessage") and getattr(item, "source", None) == "user":
+        return ChunkInfo(None, None, False, nbytes, echo=True)
     if name == "ModelClientStreamingChunkEvent":
         return ChunkInfo(item.content or None, None, False, nbytes)
     if name == "TaskResult":
@@ -282,6 +285,8 @@ class _Recording:
         now = time.perf_counter()
         run = self.run
         info = self.understand(item)
+        if info.echo:
+            return False
         run.items += 1
         run.arrivals.append(now)
         run.nbytes += info.nbytes

@@ -54,6 +54,9 @@ def test_offline_guard_refuses_non_loopback_and_allows_loopback():
     assert os.environ["CREWAI_DISABLE_TELEMETRY"] == "true"
     with pytest.raises(sl.NetworkBlocked):
         socket.create_connection(("192.0.2.1", 80), timeout=1)
+    with pytest.raises(sl.NetworkBlocked, match="look up"):
+        socket.getaddrinfo("telemetry.example.com", 443)
+    assert socket.getaddrinfo("localhost", 80)
     with sl.MockLLM() as mock:
         assert httpx.get(mock.url + "/healthz").json() == {"status": "ok"}
 

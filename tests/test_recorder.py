@@ -178,3 +178,16 @@ def test_framework_chunks_are_understood(kind):
 
         info = sl._recorder.inspect_chunk(TaskResult(messages=[], stop_reason=None))
         assert info.terminal
+
+
+def test_autogen_task_echo_is_not_a_received_chunk():
+    """AgentChat's run_stream echoes the caller's task first; a failure right after it is an error
+    before the stream, not a cut (found while writing 01_autogen)."""
+    from autogen_agentchat.messages import TextMessage
+
+    def stream():
+        yield TextMessage(source="user", content="the task")
+        raise ConnectionError("model unreachable")
+
+    run = sl.record(stream())
+    assert run.items == 0 and run.outcome is sl.Outcome.ERROR_BEFORE_STREAM
