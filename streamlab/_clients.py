@@ -33,6 +33,7 @@ connection is closed, which the server sees as a client disconnect.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import socket
 import threading
@@ -387,7 +388,9 @@ class HTTPStream:
                     return
         finally:  # the consumer stopped early (break, recorder abort): close the connection now
             if thread.is_alive():
-                box["loop"].call_soon_threadsafe(box["task"].cancel)
+                # the reader thread may close its loop between the check and the call
+                with contextlib.suppress(RuntimeError):
+                    box["loop"].call_soon_threadsafe(box["task"].cancel)
             thread.join(10)
 
     def run(self) -> StreamResult:

@@ -184,6 +184,18 @@ class LoopThread:
         self.thread.join(timeout)
 
 
+_stopping_threads: set[str] = set()
+_filter_installed = False
+
+
+def _install_shutdown_filter() -> None:
+    """Once per process: hide uvicorn's error records from server threads that are being stopped."""
+    global _filter_installed
+    if not _filter_installed:
+        logging.getLogger("uvicorn.error").addFilter(lambda record: record.threadName not in _stopping_threads)
+        _filter_installed = True
+
+
 class ThreadedASGIServer(Server):
     """Serve an ASGI app with uvicorn (httptools) in a background thread.
 
@@ -241,7 +253,8 @@ class ThreadedASGIServer(Server):
                     loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
                 loop.close()
 
-        self._thread = threading.Thread(target=run, name=self.name, daemon=True)
+        self._thread = threading.Thread(target=run, name=f"{self.name}-{self.port}", daemon=True)
+        _install_shutdown_filter()
         self._thread.start()
         deadline = time.monotonic() + 10
         while not self._server.started:
@@ -253,10 +266,15 @@ class ThreadedASGIServer(Server):
 
     def _stop(self) -> None:
         if self._server is not None:
+            # Requests still in flight are cancelled on purpose; uvicorn would log each as
+            # "Exception in ASGI application". Drop exactly those records: this server's thread, now.
+            if self._thread is not None:
+                _stopping_threads.add(self._thread.name)
             self._server.should_exit = True
             self._server.force_exit = True
         if self._thread is not None:
             self._thread.join(5)
+            _stopping_threads.discard(self._thread.name)
             self._thread = None
         if self._sock is not None:
             with contextlib.suppress(OSError):
