@@ -33,15 +33,13 @@ import contextlib
 import dataclasses
 import json
 import random
-import socket
-import struct
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
 from . import faults as _faults
-from ._servers import ThreadedASGIServer
+from ._servers import ThreadedASGIServer, drop_connection
 from ._text import count_tokens, echo_tokens, generate
 from ._timeline import HopLog
 from ._timescale import to_real
@@ -251,14 +249,7 @@ class Exchange:
         transport = getattr(getattr(self._send, "__self__", None), "transport", None)
         if transport is None:  # pragma: no cover - not under uvicorn
             raise RuntimeError(f"streamlab mock: {why} (connection dropped by raising)")
-        if reset:
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            transport.abort()
-        else:
-            transport.close()
+        drop_connection(transport, reset=reset)
         for _ in range(3):  # let uvicorn see connection_lost, so it logs nothing
             await asyncio.sleep(0)
         self.note("close", "reset" if reset else "eof")

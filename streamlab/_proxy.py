@@ -40,7 +40,6 @@ import contextlib
 import itertools
 import logging
 import socket
-import struct
 import threading
 import time
 from collections import deque
@@ -51,7 +50,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from ._servers import LoopThread, Server, bound_socket
+from ._servers import LoopThread, Server, bound_socket, drop_connection
 from ._timeline import HopLog
 from ._timescale import to_real
 
@@ -855,14 +854,7 @@ class _ClientConn(asyncio.Protocol):
         if transport is None or transport.is_closing():
             self.closed = True
             return
-        if reset:
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            transport.abort()
-        else:
-            transport.close()
+        drop_connection(transport, reset=reset)
         self.closed = True
 
     # -- the connection's life

@@ -16,6 +16,7 @@ import atexit
 import contextlib
 import logging
 import socket
+import struct
 import threading
 import time
 from typing import Any, Callable
@@ -48,6 +49,19 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
         return sock.getsockname()[1]
+
+
+def drop_connection(transport: Any, *, reset: bool) -> None:
+    """End a connection now: FIN after what is already queued (``reset=False``), or an RST that
+    discards it (``reset=True``, through ``SO_LINGER 0``), as a crashed server or a proxy would."""
+    if reset:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+    else:
+        transport.close()
 
 
 def bound_socket() -> socket.socket:

@@ -37,12 +37,7 @@ TICKER = "streamlab.apps.ticker:app"
 # (conftest.py stops and fails on any server still registered after a test, so every
 # server here is function-scoped: uvicorn and gunicorn start in 0.2-0.5 s)
 
-@pytest.fixture(autouse=True)
-def _nothing_left_behind():
-    with time_scale(1.0):
-        yield
-    assert running_servers() == []
-    assert psutil.Process().children(recursive=True) == []
+pytestmark = pytest.mark.usefixtures("clean_slate")  # tests/conftest.py: no server or child left
 
 
 @pytest.fixture

@@ -12,25 +12,19 @@ import collections
 import threading
 
 import httpx
-import psutil
 import pytest
 
 import streamlab
 from streamlab._appserver import Gunicorn, Uvicorn
 from streamlab._balancer import Balancer
 from streamlab._clients import Abort, HTTPStream, read_stream
-from streamlab._servers import free_port, running_servers
+from streamlab._servers import free_port
 from streamlab._timescale import time_scale
 
 TICKER = "streamlab.apps.ticker:app"
 
 
-@pytest.fixture(autouse=True)
-def _nothing_left_behind():
-    with time_scale(1.0):
-        yield
-    assert running_servers() == []
-    assert psutil.Process().children(recursive=True) == []
+pytestmark = pytest.mark.usefixtures("clean_slate")  # tests/conftest.py: no server or child left
 
 
 @pytest.fixture

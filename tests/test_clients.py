@@ -7,25 +7,18 @@ import threading
 import time
 
 import httpx
-import psutil
 import pytest
 
 import streamlab
 from streamlab._appserver import Uvicorn
 from streamlab._clients import (Abort, ClientTimeout, HTTPStream, SlowReader, StreamResult, TotalTimeout, app_event,
                                 read_stream)
-from streamlab._servers import running_servers
 from streamlab._timescale import time_scale
 
 TICKER = "streamlab.apps.ticker:app"
 
 
-@pytest.fixture(autouse=True)
-def _nothing_left_behind():
-    with time_scale(1.0):
-        yield
-    assert running_servers() == []
-    assert psutil.Process().children(recursive=True) == []
+pytestmark = pytest.mark.usefixtures("clean_slate")  # tests/conftest.py: no server or child left
 
 
 @pytest.fixture
