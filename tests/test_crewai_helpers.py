@@ -1,0 +1,112 @@
+"""The CrewAI helpers of notebooks/03_crewai (streamlab.frameworks.crewai): what they count is what the
+real CrewAI did against the mock, and the network watch refuses what would leave loopback."""
+
+import socket
+
+import httpx
+import pytest
+
+import streamlab as sl
+from streamlab.faults import Cut
+from streamlab.frameworks import crewai as slc
+
+sl.offline()  # before crewai is imported (it reads the telemetry switches at import)
+crewai = pytest.importorskip("crewai")
+
+
+def small_crew(base_url, *, stream=False, max_tokens=None, crew_stream=False):
+    llm = crewai.LLM(model="gpt-4o-mini", base_url=base_url, api_key="unused", stream=stream, max_tokens=max_tokens)
+    agent = crewai.Agent(role="Analyst", goal="Report", backstory="An analyst.", llm=llm)
+    task = crewai.Task(description="Write the report.", expected_output="A report.", agent=agent)
+    return crewai.Crew(agents=[agent], tasks=[task], stream=crew_stream)
+
+
+def test_network_watch_counts_lookups_and_connections_that_would_leave_loopback():
+    before = socket.getaddrinfo
+    watch = slc.NetworkWatch().install()
+    try:
+        with pytest.raises(sl.NetworkBlocked):
+            socket.getaddrinfo("telemetry.crewai.com", 4319)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock, pytest.raises(sl.NetworkBlocked):
+            sock.connect(("203.0.113.7", 443))   # TEST-NET-3: refused before any packet, and counted
+        assert socket.getaddrinfo("localhost", 80)
+        assert [(kind, target) for kind, target, _ in watch.attempts] == [("dns", "telemetry.crewai.com"),
+                                                                          ("connect", "203.0.113.7")]
+    finally:
+        watch.uninstall()
+    assert socket.getaddrinfo is before
+
+
+def test_observe_counts_the_requests_and_retries_of_a_cut_crew():
+    with sl.MockLLM(tokens=30) as mock:
+        with mock.inject(Cut(at=10)), slc.observe(mock) as seen:
+            with pytest.raises(httpx.RemoteProtocolError):
+                small_crew(mock.base_url, stream=True).kickoff()
+        # the SDK cannot retry a broken stream; the agent retries twice (max_retry_limit=2)
+        assert len(seen.requests) == 3
+        assert len(seen.agent_errors) == 3
+        assert all(call.error and call.stream for call in seen.llm_calls)
+        assert seen.finish_reasons == []
+
+        with slc.observe(mock) as seen:
+            result = small_crew(mock.base_url, max_tokens=12).kickoff()
+        assert slc.words(result.raw) == 12
+        assert seen.finish_reasons == ["length"]
+        assert seen.llm_calls[0].usage["completion_tokens"] == 12
+        assert seen.request_bytes[0] > 0
+
+
+def test_understand_reads_a_crew_stream_and_its_result():
+    with sl.MockLLM(tokens=20) as mock:
+        streaming = small_crew(mock.base_url, crew_stream=True).kickoff()
+        run = sl.record(slc.with_result(streaming), understand=slc.understand, expected=20)
+    assert run.outcome is sl.Outcome.COMPLETE
+    assert run.tokens == 20 and run.chunks == 20
+    assert run.text == streaming.result.raw
+
+
+def test_report_lists_requests_and_finish_reasons():
+    with sl.MockLLM(tokens=5) as mock:
+        with slc.observe(mock) as seen:
+            run = sl.record(lambda: small_crew(mock.base_url).kickoff(), expected=5, label="crew")
+    table = slc.report([("crew", run, seen)]).splitlines()
+    assert table[0].split()[:6] == ["run", "outcome", "tokens", "error", "requests", "finish"]
+    assert table[1].split()[:6] == ["crew", "complete", "5/5", "-", "1", "stop"]
+
+
+def test_backoff_in_scenario_time_scales_the_sdk_backoff_only():
+    import openai
+    from openai._models import FinalRequestOptions
+
+    client = openai.OpenAI(base_url="http://127.0.0.1:9/v1", api_key="unused")
+    options = FinalRequestOptions.construct(method="post", url="/chat/completions")
+    slc.backoff_in_scenario_time()
+    try:
+        with sl.time_scale(0.01):
+            assert client._calculate_retry_timeout(2, options, None) <= 0.5 * 0.01
+            # a server's Retry-After is honoured as sent
+            assert client._calculate_retry_timeout(2, options, httpx.Headers({"retry-after-ms": "300"})) == 0.3
+    finally:
+        slc._restore_backoff()
+    assert client._calculate_retry_timeout(2, options, None) >= 0.375
+
+
+def test_plot_counts_tokens_not_chunks_when_an_answer_arrives_in_one_piece():
+    run = sl.record(lambda: "one two three four", expected=4)     # a crew's result: one value, four tokens
+    figure = sl.plot_runs(run)
+    step = figure.axes[0].lines[0]
+    assert list(step.get_ydata()) == [0, 4]
+    figure.clf()
+
+
+def test_serve_runs_an_asgi_app_in_a_thread():
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    server = slc.serve(app)
+    try:
+        assert httpx.get(server.url + "/").text == "ok"
+        assert server in sl.running_servers()
+    finally:
+        server.stop()
