@@ -29,7 +29,7 @@ from ._servers import Server, running_servers, stop_all
 from ._setup import VersionMismatch, require
 from ._sse import chat_request, sse_events
 from ._timeline import HopEvent, HopLog
-from ._timescale import current_time_scale, time_scale
+from ._timescale import current_time_scale, scale_sdk_backoff, time_scale
 
 __version__ = "0.1.0"
 
@@ -40,7 +40,7 @@ __all__ = [
     "compare", "Comparison", "table", "plot_runs", "plot_hops",
     "playground", "run_scenario",
     "sse_events", "chat_request",
-    "time_scale", "current_time_scale",
+    "time_scale", "current_time_scale", "scale_sdk_backoff",
     "HopLog", "HopEvent",
     "Server", "running_servers", "stop_all",
     "Proxy", "NginxProxy", "proxy_for", "nginx_available",

@@ -47,18 +47,18 @@ def run_mock(args: argparse.Namespace) -> int:
                   record_events=not args.no_journal, **settings)
     from ._servers import bound_socket
 
-    sock = bound_socket()
+    try:
+        sock = bound_socket(args.port)  # bound before we announce it: a client may connect at once
+    except OSError as exc:
+        print(f"streamlab mock: cannot listen on 127.0.0.1:{args.port}: {exc.strerror}", file=sys.stderr)
+        return 2
     port = sock.getsockname()[1]
-    if args.port:
-        sock.close()
-        port = args.port
-        sock = None
     print(f"streamlab mock listening on http://127.0.0.1:{port}/v1 (Ctrl-C to stop)", flush=True)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, http="httptools", lifespan="off",
                             access_log=False, log_level="warning", proxy_headers=False, server_header=False,
                             date_header=False, timeout_graceful_shutdown=1, backlog=2048)
     server = uvicorn.Server(config)
-    server.run(sockets=[sock] if sock else None)
+    server.run(sockets=[sock])
     return 0
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import tempfile
 
 __all__ = ["ensure_offline", "offline", "NetworkBlocked", "OFFLINE_ENV"]
 
@@ -21,7 +22,8 @@ OFFLINE_ENV = {
     "CREWAI_DISABLE_TELEMETRY": "true",
     "CREWAI_DISABLE_TRACKING": "true",
     "CREWAI_TRACING_ENABLED": "false",
-    "CREWAI_STORAGE_DIR": "streamlab-crewai",
+    # an absolute path: CrewAI joins it to the user's data dir, so task-output databases land in /tmp, not ~
+    "CREWAI_STORAGE_DIR": os.path.join(tempfile.gettempdir(), "streamlab-crewai"),
     "OTEL_SDK_DISABLED": "true",
     "LANGCHAIN_TRACING_V2": "false",
     "LANGSMITH_TRACING": "false",

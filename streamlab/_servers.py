@@ -64,11 +64,15 @@ def drop_connection(transport: Any, *, reset: bool) -> None:
         transport.close()
 
 
-def bound_socket() -> socket.socket:
-    """A listening socket on 127.0.0.1 and a free port, already bound (no race)."""
+def bound_socket(port: int = 0) -> socket.socket:
+    """A listening socket on 127.0.0.1, already bound (no race): a free port, or ``port``."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((HOST, 0))
+    try:
+        sock.bind((HOST, port))
+    except OSError:
+        sock.close()
+        raise
     sock.listen(1024)
     sock.setblocking(False)
     return sock

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["time_scale", "current_time_scale", "to_real", "to_scenario"]
+__all__ = ["time_scale", "current_time_scale", "to_real", "to_scenario", "scale_sdk_backoff"]
 
 ENV_VAR = "STREAMLAB_TIME_SCALE"
 
@@ -77,3 +77,38 @@ def to_real(seconds: float | None) -> float | None:
 def to_scenario(seconds: float | None) -> float | None:
     """Wall-clock seconds -> scenario seconds (None stays None)."""
     return None if seconds is None else seconds / _factor
+
+
+_sdk_original_backoff = None
+
+
+def scale_sdk_backoff(enable: bool = True) -> None:
+    """Run the openai SDK's retry backoff on the scenario clock (idempotent; ``False`` undoes it).
+
+    The SDK sleeps 0.5 s, 1 s, 2 s ... (jittered, capped at 8 s) between retries in
+    wall-clock time, while every other duration in a streamlab run is scaled by
+    ``time_scale``; without this a retry would count 1/scale times too long in the
+    scenario seconds a table prints. The number of retries and the formula stay the
+    SDK's own, and a server's ``Retry-After`` is left alone (the mock scales it already).
+    Taught in notebooks/01_autogen and 03_crewai.
+    """
+    global _sdk_original_backoff
+    from openai._base_client import BaseClient
+
+    if not enable:
+        if _sdk_original_backoff is not None:
+            BaseClient._calculate_retry_timeout = _sdk_original_backoff  # type: ignore[method-assign]
+            _sdk_original_backoff = None
+        return
+    if _sdk_original_backoff is not None:
+        return
+    original = BaseClient._calculate_retry_timeout
+
+    def scaled(self, remaining_retries, options, response_headers=None):  # type: ignore[no-untyped-def]
+        seconds = original(self, remaining_retries, options, response_headers)
+        if self._parse_retry_after_header(response_headers) is not None:
+            return seconds
+        return seconds * _factor
+
+    _sdk_original_backoff = original
+    BaseClient._calculate_retry_timeout = scaled  # type: ignore[method-assign]

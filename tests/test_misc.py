@@ -88,3 +88,27 @@ def test_mock_inside_a_running_event_loop():
     t = time.perf_counter()
     assert asyncio.run(main()) == "stop"
     assert time.perf_counter() - t < 5
+
+
+def test_sdk_backoff_runs_on_the_scenario_clock_and_can_be_undone():
+    import openai
+    from openai._base_client import BaseClient
+
+    client = openai.OpenAI(base_url="http://127.0.0.1:9/v1", api_key="unused")
+    options = openai._models.FinalRequestOptions(method="post", url="/x")
+    was_on = sl._timescale._sdk_original_backoff is not None  # another test may have switched it on
+    sl.scale_sdk_backoff(False)
+    original = BaseClient._calculate_retry_timeout
+    wall = [client._calculate_retry_timeout(1, options, None) for _ in range(20)]
+    try:
+        with sl.time_scale(0.01):
+            sl.scale_sdk_backoff()
+            sl.scale_sdk_backoff()  # idempotent
+            scaled = [client._calculate_retry_timeout(1, options, None) for _ in range(20)]
+        assert max(scaled) < 0.02 < 0.25 < min(wall)  # jittered 0.75-1.0 s, scaled by 0.01
+    finally:
+        sl.scale_sdk_backoff(False)
+        client.close()
+    assert BaseClient._calculate_retry_timeout is original
+    if was_on:
+        sl.scale_sdk_backoff()

@@ -44,11 +44,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_openai import ChatOpenAI
 
 import streamlab as sl
-from streamlab import hops
-from streamlab._appserver import Gunicorn, Uvicorn
-from streamlab._balancer import Balancer
-from streamlab._clients import Abort, HTTPStream
-from streamlab._nginx import proxy_for
+from streamlab import Abort, Balancer, Gunicorn, HTTPStream, Uvicorn, hops, proxy_for
 from streamlab.faults import Stall
 from streamlab.frameworks.langchain import (TERMINATION, HealthProbe, endpoint, first_bytes, quiet, record_json,
                                             record_sse, timeout_defaults, together)

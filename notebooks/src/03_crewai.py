@@ -53,9 +53,7 @@ import time
 import httpx
 
 import streamlab as sl
-from streamlab import hops
-from streamlab._nginx import proxy_for          # real nginx (not yet re-exported by streamlab)
-from streamlab._proxy import Proxy              # the embedded fault-injecting proxy
+from streamlab import Proxy, hops, proxy_for  # the embedded fault-injecting proxy; real nginx when installed
 from streamlab.faults import ContextWindow, Cut, NoDone, RateLimited, SilentEnd, Stall
 from streamlab.frameworks import crewai as slc
 

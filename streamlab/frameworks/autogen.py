@@ -45,7 +45,7 @@ from typing import Any, Iterator, Sequence
 
 from .._mock import JournalEntry, MockLLM
 from .._text import count_tokens
-from .._timescale import current_time_scale, to_real, to_scenario
+from .._timescale import scale_sdk_backoff, to_real, to_scenario
 from ..faults import Fault, to_spec
 
 __all__ = ["url", "model_requests", "finish_reasons", "ModelCall", "capture_logs", "LoopLag", "busy", "RequestLog",
@@ -392,24 +392,5 @@ def tiktoken_encodings_loaded() -> list[str]:
 
 
 def sdk_backoff_in_scenario_time() -> None:
-    """Make the openai SDK's retry backoff run in scenario time (idempotent).
-
-    The SDK sleeps 0.5 s, 1 s, 2 s ... (jittered, capped at 8 s) between retries, in wall-clock
-    time; everything else in a streamlab run is scaled by ``sl.time_scale``. Without this a retry
-    would count 1/scale times too long in the scenario seconds the tables print. The number of
-    retries and the formula stay the SDK's own; a server's ``Retry-After`` is left alone.
-    """
-    from openai._base_client import BaseClient
-
-    original = BaseClient._calculate_retry_timeout
-    if getattr(original, "_streamlab_scaled", False):
-        return
-
-    def scaled(self: Any, remaining_retries: int, options: Any, response_headers: Any = None) -> float:
-        seconds = original(self, remaining_retries, options, response_headers)
-        if self._parse_retry_after_header(response_headers) is not None:
-            return seconds
-        return seconds * current_time_scale()
-
-    scaled._streamlab_scaled = True  # type: ignore[attr-defined]
-    BaseClient._calculate_retry_timeout = scaled  # type: ignore[method-assign]
+    """Make the openai SDK's retry backoff run in scenario time (idempotent): ``sl.scale_sdk_backoff()``."""
+    scale_sdk_backoff()

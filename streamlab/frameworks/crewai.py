@@ -41,7 +41,7 @@ from .._plots import _t
 from .._recorder import ChunkInfo, Run, inspect_chunk
 from .._servers import ThreadedASGIServer
 from .._text import count_tokens
-from .._timescale import current_time_scale
+from .._timescale import current_time_scale, scale_sdk_backoff
 
 __all__ = ["observe", "Observation", "LLMCall", "ToolCall", "understand", "with_result", "report", "words",
            "backoff_in_scenario_time", "quiet", "LogBook", "NetworkWatch", "serve", "HTTPStream", "app_event"]
@@ -236,7 +236,7 @@ def words(text: str | None) -> int:
 # --------------------------------------------------------------------------- time and noise
 
 
-_backoff_originals: tuple[Any, Any] | None = None
+_backoff_originals: Any = None  # CrewAI's own retry delay function, while patched
 
 
 def backoff_in_scenario_time() -> None:
@@ -254,25 +254,16 @@ def backoff_in_scenario_time() -> None:
     global _backoff_originals
     if _backoff_originals is not None:
         return
-    from openai._base_client import BaseClient
     import crewai.llms.retry as crewai_retry
 
-    sdk_original = BaseClient._calculate_retry_timeout
-
-    def sdk_scaled(self: Any, remaining_retries: int, options: Any, response_headers: Any = None) -> float:
-        seconds = sdk_original(self, remaining_retries, options, response_headers)
-        if self._parse_retry_after_header(response_headers) is not None:
-            return seconds
-        return seconds * current_time_scale()
-
+    scale_sdk_backoff()
     crew_original = crewai_retry.get_retry_delay_seconds
 
     def crew_scaled(retry_number: int, *, retry_after_seconds: float | None = None, **kwargs: Any) -> float:
         seconds = crew_original(retry_number, retry_after_seconds=retry_after_seconds, **kwargs)
         return seconds if retry_after_seconds is not None else seconds * current_time_scale()
 
-    _backoff_originals = (sdk_original, crew_original)
-    BaseClient._calculate_retry_timeout = sdk_scaled  # type: ignore[method-assign]
+    _backoff_originals = crew_original
     crewai_retry.get_retry_delay_seconds = crew_scaled  # type: ignore[assignment]
 
 
@@ -281,10 +272,10 @@ def _restore_backoff() -> None:
     global _backoff_originals
     if _backoff_originals is None:
         return
-    from openai._base_client import BaseClient
     import crewai.llms.retry as crewai_retry
 
-    BaseClient._calculate_retry_timeout, crewai_retry.get_retry_delay_seconds = _backoff_originals  # type: ignore
+    scale_sdk_backoff(False)
+    crewai_retry.get_retry_delay_seconds = _backoff_originals  # type: ignore[assignment]
     _backoff_originals = None
 
 
