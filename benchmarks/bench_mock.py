@@ -104,9 +104,10 @@ def main() -> None:
         else:
             rows.append((label, "chunks/s", ceil.eps, mk.eps))
     lateness_rows = []
-    for spread, how in ((0.02, "arrivals spread over one ITL"), (0.0, "all 200 started at once")):
+    for streams, spread, how in ((200, 0.02, "arrivals spread over one ITL"), (200, 0.0, "all started at once"),
+                                 (100, 0.02, "100 streams, spread")):
         with mock(50, itl=0.02) as m:
-            res = load(m.port, "/v1/chat/completions", 200, 3.0, keep_times=True, spread=spread)
+            res = load(m.port, "/v1/chat/completions", streams, 3.0, keep_times=True, spread=spread)
             server = json.load(urllib.request.urlopen(f"http://127.0.0.1:{m.port}/streamlab/stats"))
         client = []
         for timeline in res.timelines:
@@ -117,7 +118,7 @@ def main() -> None:
     print(f"{'workload':40} {'metric':11} {'ceiling':>10} {'mock':>10} {'mock/ceiling':>13}")
     for label, metric, a, b in rows:
         print(f"{label:40} {metric:11} {a:10.0f} {b:10.0f} {b / a:12.0%}")
-    print("\ninter-token lateness, 200 concurrent streams x 50 tokens, ITL 20 ms (ms; server: send time minus "
+    print("\ninter-token lateness, concurrent streams x 50 tokens, ITL 20 ms (ms; server: send time minus "
           "schedule; client: arrival minus first arrival minus i x ITL)")
     print(f"{'arrivals':32} {'streams':>8} {'server p50':>11} {'server p99':>11} {'client p50':>11} {'client p99':>11}")
     for how, server, client, streams in lateness_rows:
