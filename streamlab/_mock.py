@@ -92,6 +92,14 @@ class JournalEntry:
                 return _content_text(message.get("content"))
         return ""
 
+    def wait_closed(self, timeout: float = 5.0) -> "JournalEntry":
+        """Wait (wall-clock seconds) until the server has finished this exchange, e.g. noticed that a
+        hop dropped the connection; returns the entry, so ``mock.journal.last.wait_closed().ended``."""
+        deadline = time.perf_counter() + timeout
+        while self.t_end is None and time.perf_counter() < deadline:
+            time.sleep(0.002)
+        return self
+
     def summary(self) -> dict[str, Any]:
         return {
             "id": self.id, "path": self.path, "spec": self.spec, "stream": self.stream,

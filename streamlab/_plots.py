@@ -154,7 +154,9 @@ def plot_hops(run: Run | None, hops: Iterable[HopLog | tuple[str, HopLog, str]],
         for t, note in marks:
             x = (t - start) / scale
             ax.plot([x], [row], "X", color="#e63946", ms=11)
-            ax.annotate(note, (x, row), textcoords="offset points", xytext=(6, 7), fontsize=8, color="#e63946")
+            short = note if len(note) <= 34 else note[:32] + "…"
+            ax.annotate(short, (x, row), textcoords="offset points", xytext=(-4, 9), ha="right", fontsize=8,
+                        color="#e63946")
             end = max(end, x)
         end = max([end] + xs)
     ax.set_yticks(range(len(lanes)), [label for label, *_ in reversed(lanes)])

@@ -148,10 +148,7 @@ def test_client_disconnect_is_journaled():
                                                                                      "content": "x"}],
                                                                stream=True), abort_after=3)
         assert run.outcome is sl.Outcome.CLIENT_ABORTED
-        deadline = time.time() + 2
-        while mock.journal.last.ended == "open" and time.time() < deadline:
-            time.sleep(0.01)
-        assert mock.journal.last.ended == "client disconnected"
+        assert mock.journal.last.wait_closed().ended == "client disconnected"
         assert mock.journal.last.tokens_sent < 200
 
 

@@ -190,8 +190,8 @@ print(f"\nmodel requests made: stream=True {requests_streamed}, stream=False {re
 # ## 7. What the server sent vs what the client got
 #
 # The mock journals every request: its body, the behaviour applied and each event sent, with
-# timestamps. Plotting the model's bytes beside the client's shows where a stream was lost. With
-# a proxy in the path (see the framework notebooks), the proxy's in/out bytes join the picture.
+# timestamps. `sl.plot_hops` draws one lane per hop, a tick per send or arrival, so the lanes show where
+# a stream was lost.
 
 # %%
 client = openai.OpenAI(base_url=mock.base_url_for(Cut(at=25)), api_key="unused", max_retries=0)
@@ -201,6 +201,23 @@ sent = mock.journal.last
 print(f"model: {sent.tokens_sent} tokens sent, ended: {sent.ended}; client: {cut_run.outcome}, "
       f"{cut_run.tokens} tokens, {cut_run.error_class}")
 figure = sl.plot_hops(cut_run, [sent.log], title="cut at token 25: model side vs client side")
+
+# %% [markdown]
+# The same picture with a hop in the path: an embedded proxy with nginx's `proxy_read_timeout` set to
+# 3 s, in front of a model that stalls for 8 s after token 25. The proxy's lanes show what it received
+# from the model and what it passed on, and where it gave up.
+
+# %%
+with sl.Proxy(upstream=mock.url, faults=[sl.hops.ReadTimeout(seconds=3)]) as proxy:
+    client = openai.OpenAI(base_url=proxy.url + "/s/stall@25=8/v1", api_key="unused", max_retries=0)
+    hop_run = sl.record(lambda: client.chat.completions.create(model="streamlab-mock", messages=MESSAGES,
+                                                               stream=True), expected=40)
+    client.close()
+sent = mock.journal.last.wait_closed()   # the model side learns of the drop a moment after the client
+print(f"model: {sent.tokens_sent} tokens sent, ended: {sent.ended}; client: {hop_run.outcome}, "
+      f"{hop_run.tokens} tokens, {hop_run.error_class}")
+figure = sl.plot_hops(hop_run, [sent.log, ("proxy received", proxy.log, "in"), ("proxy sent", proxy.log, "out")],
+                      title="proxy_read_timeout 3 s vs an 8 s stall at token 25")
 
 # %%
 print(mock.journal.table())
