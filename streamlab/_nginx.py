@@ -43,7 +43,8 @@ import time
 from functools import lru_cache
 from typing import Any, Iterable
 
-from ._proxy import Fault, Injection, Noop, Proxy, Rule, RuleSet, _parse_upstream, as_rules, chain_for, profile_rules
+from ._proxy import (Configurable, Fault, Noop, Proxy, Rule, RuleSet, _parse_upstream, as_rules, chain_for,
+                     profile_rules)
 from ._servers import Server, free_port
 from ._timeline import HopLog
 from ._timescale import to_real
@@ -227,7 +228,7 @@ def nginx_conf(*, upstream: Any, port: int, rules: Iterable[Rule] = (), workdir:
 # --------------------------------------------------------------------------- the runner
 
 
-class NginxProxy(Server):
+class NginxProxy(Configurable, Server):
     """Real nginx in front of ``upstream``, configured from faults (the embedded proxy's settings).
 
     Keyword-only settings, the same as ``Proxy``: ``upstream``, ``faults``, ``profile``,
@@ -270,32 +271,11 @@ class NginxProxy(Server):
         self._reload_lock = threading.Lock()
         self._fixed_port = port
 
-    # -- configuration (same API as Proxy)
-    @property
-    def rules(self) -> tuple[Rule, ...]:
-        return self._ruleset.rules
-
-    @property
-    def faults(self) -> list[Fault]:
-        return chain_for(self.rules, "/")
-
-    def chain(self, path: str = "/") -> list[Fault]:
-        return [Noop(), *chain_for(self.rules, path)]
-
-    def inject(self, *faults: Any, path_prefix: str = "/") -> Injection:
-        """Add faults now (config rewritten, nginx reloaded); ``with`` removes them on exit."""
-        rules = as_rules(faults, path_prefix)
+    # -- configuration: the API of Configurable; inject() rewrites the config and reloads nginx
+    def _check_rules(self, rules: tuple[Rule, ...]) -> None:
         check_supported(rules)
-        self._ruleset.add(rules)
-        try:
-            self._reload()
-        except BaseException:
-            self._ruleset.remove(rules)
-            raise
-        return Injection(self, rules)
 
-    def _remove_rules(self, rules: tuple[Rule, ...]) -> None:
-        self._ruleset.remove(rules)
+    def _apply_rules(self) -> None:
         self._reload()
 
     # -- lifecycle

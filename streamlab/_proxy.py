@@ -409,7 +409,26 @@ class Exchange:
 # --------------------------------------------------------------------------- upstream side
 
 
-class _Upstream(asyncio.Protocol):
+class _FlowControlled(asyncio.Protocol):
+    """Write-side flow control shared by both ends of the proxy: a writer that finds the transport
+    paused awaits ``drain_waiter``; resuming, or losing the connection, releases it."""
+
+    write_paused: bool                       # set in each protocol's __init__
+    drain_waiter: "asyncio.Future | None"
+
+    def _release_drain(self) -> None:
+        if self.drain_waiter is not None and not self.drain_waiter.done():
+            self.drain_waiter.set_result(None)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._release_drain()
+
+
+class _Upstream(_FlowControlled):
     """Reads the upstream response with httptools; queues one item per socket read."""
 
     def __init__(self, ex: Exchange, head_only: bool) -> None:
@@ -470,16 +489,8 @@ class _Upstream(asyncio.Protocol):
                 self._fail(Abort("upstream prematurely closed connection while reading response header "
                                  "from upstream", status=502))
         self._wake()
-        if self.drain_waiter is not None and not self.drain_waiter.done():
-            self.drain_waiter.set_result(None)
+        self._release_drain()
 
-    def pause_writing(self) -> None:
-        self.write_paused = True
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        if self.drain_waiter is not None and not self.drain_waiter.done():
-            self.drain_waiter.set_result(None)
 
     # httptools callbacks
     def on_status(self, status: bytes) -> None:
@@ -701,7 +712,7 @@ class _Request:
         self.error: str | None = None
 
 
-class _ClientConn(asyncio.Protocol):
+class _ClientConn(_FlowControlled):
     """One client connection: parse requests, run each exchange, write the response."""
 
     def __init__(self, proxy: "Proxy", conn_id: int) -> None:
@@ -752,16 +763,8 @@ class _ClientConn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost()
-        if self.drain_waiter is not None and not self.drain_waiter.done():
-            self.drain_waiter.set_result(None)
+        self._release_drain()
 
-    def pause_writing(self) -> None:
-        self.write_paused = True
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        if self.drain_waiter is not None and not self.drain_waiter.done():
-            self.drain_waiter.set_result(None)
 
     # -- httptools callbacks
     def on_message_begin(self) -> None:
@@ -937,7 +940,53 @@ def _parse_upstream(upstream: Any) -> tuple[str, int, str]:
     return host, parts.port or 80, parts.path.rstrip("/")
 
 
-class Proxy(Server):
+class Configurable:
+    """The configuration API every proxy engine shares (the embedded proxy and real nginx).
+
+    Needs ``self._ruleset``; an engine that must act on a change (nginx reloads) overrides
+    ``_apply_rules``.
+    """
+
+    _ruleset: RuleSet
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        """Every rule in force, in the order added (profile first)."""
+        return self._ruleset.rules
+
+    @property
+    def faults(self) -> list[Fault]:
+        """The chain a request to ``/`` gets (after the Noop), in stage order."""
+        return chain_for(self.rules, "/")
+
+    def chain(self, path: str = "/") -> list[Fault]:
+        """The faults a request to ``path`` runs through, Noop first."""
+        return [Noop(), *chain_for(self.rules, path)]
+
+    def inject(self, *faults: Any, path_prefix: str = "/") -> Injection:
+        """Add faults now; use ``with proxy.inject(...):`` to remove them on exit (also on error)."""
+        rules = as_rules(faults, path_prefix)
+        self._check_rules(rules)
+        self._ruleset.add(rules)
+        try:
+            self._apply_rules()
+        except BaseException:
+            self._ruleset.remove(rules)
+            raise
+        return Injection(self, rules)
+
+    def _remove_rules(self, rules: tuple[Rule, ...]) -> None:
+        self._ruleset.remove(rules)
+        self._apply_rules()
+
+    def _check_rules(self, rules: tuple[Rule, ...]) -> None:
+        """Refuse rules this engine cannot carry out (the embedded proxy takes them all)."""
+
+    def _apply_rules(self) -> None:
+        """Make a change of rules take effect (the embedded proxy reads them per request)."""
+
+
+class Proxy(Configurable, Server):
     """An HTTP/1.1 reverse proxy on 127.0.0.1 that can be told to misbehave like a real hop.
 
         >>> from streamlab.hops import ReadTimeout, Buffering
@@ -990,29 +1039,7 @@ class Proxy(Server):
         self._upstream: tuple[str, int, str] | None = None
         self._fixed_port = port
 
-    # -- configuration
-    @property
-    def rules(self) -> tuple[Rule, ...]:
-        """Every rule in force, in the order added (profile first)."""
-        return self._ruleset.rules
-
-    @property
-    def faults(self) -> list[Fault]:
-        """The chain a request to ``/`` gets (after the Noop), in stage order."""
-        return chain_for(self.rules, "/")
-
-    def inject(self, *faults: Any, path_prefix: str = "/") -> Injection:
-        """Add faults now; use ``with proxy.inject(...):`` to remove them on exit (also on error)."""
-        rules = as_rules(faults, path_prefix)
-        self._ruleset.add(rules)
-        return Injection(self, rules)
-
-    def _remove_rules(self, rules: tuple[Rule, ...]) -> None:
-        self._ruleset.remove(rules)
-
-    def chain(self, path: str = "/") -> list[Fault]:
-        """The faults a request to ``path`` runs through, Noop first."""
-        return [Noop(), *chain_for(self.rules, path)]
+    # -- configuration: rules, faults, chain(), inject() come from Configurable
 
     # -- lifecycle
     def _start(self) -> None:
