@@ -413,8 +413,17 @@ class _FlowControlled(asyncio.Protocol):
     """Write-side flow control shared by both ends of the proxy: a writer that finds the transport
     paused awaits ``drain_waiter``; resuming, or losing the connection, releases it."""
 
-    write_paused: bool                       # set in each protocol's __init__
-    drain_waiter: "asyncio.Future | None"
+    write_paused: bool = False
+    drain_waiter: "asyncio.Future | None" = None
+    transport: Any = None
+
+    def _take_transport(self, transport: asyncio.BaseTransport) -> None:
+        """Keep the transport and send small writes at once (every SSE event is a small write)."""
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def _release_drain(self) -> None:
         if self.drain_waiter is not None and not self.drain_waiter.done():
@@ -446,16 +455,10 @@ class _Upstream(_FlowControlled):
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
         self.reading_paused = False
-        self.write_paused = False
-        self.drain_waiter: asyncio.Future | None = None
 
     # protocol callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._take_transport(transport)
 
     def data_received(self, data: bytes) -> None:
         self.ex.log("in", len(data), "", self.ex.conn)
@@ -727,17 +730,11 @@ class _ClientConn(_FlowControlled):
         self.closed = False
         self.busy = False
         self.waiter: asyncio.Future | None = None
-        self.write_paused = False
-        self.drain_waiter: asyncio.Future | None = None
         self.task: asyncio.Task | None = None
 
     # -- protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._take_transport(transport)
         self.proxy._conns.add(self)
         self.task = self.loop.create_task(self._run())
 
