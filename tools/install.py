@@ -6,10 +6,17 @@ versions in ``requirements.lock`` (stored notebook outputs depend on them) and
 streamlab itself (editable). When run as root on Debian/Ubuntu it also installs
 nginx with apt-get, so the notebooks and tests can compare against the real
 thing; elsewhere streamlab falls back to its embedded proxy and says so.
+
+It registers the venv's interpreter as the Jupyter kernel ``streamlab``
+("streamlab (.venv)"), which every notebook names in its metadata (JupyterLab
+and nbval start that kernel), and writes the venv's Jupyter server config:
+listen on 127.0.0.1 only, and start as root too (training VMs run as root;
+``jupyter lab`` otherwise refuses with "Running as root is not recommended").
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -19,6 +26,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
+KERNEL = "streamlab"
+KERNEL_DISPLAY = "streamlab (.venv)"
+SERVER_CONFIG = {  # merged into .venv/etc/jupyter/jupyter_server_config.json
+    "ServerApp": {"ip": "127.0.0.1", "allow_root": True},
+    "MappingKernelManager": {"default_kernel_name": KERNEL},
+}
 
 
 def step(message: str) -> None:
@@ -27,6 +40,18 @@ def step(message: str) -> None:
 
 def run(*cmd: str) -> None:
     subprocess.run(cmd, check=True, cwd=ROOT)
+
+
+def jupyter_setup(python: Path) -> None:
+    """The named kernel and the venv's server config (both inside .venv/, nothing in $HOME)."""
+    run(str(python), "-m", "ipykernel", "install", "--sys-prefix", "--name", KERNEL,
+        "--display-name", KERNEL_DISPLAY)
+    path = VENV / "etc" / "jupyter" / "jupyter_server_config.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    config = json.loads(path.read_text()) if path.exists() else {}
+    for section, values in SERVER_CONFIG.items():
+        config.setdefault(section, {}).update(values)
+    path.write_text(json.dumps(config, indent=2) + "\n")
 
 
 def main() -> int:
@@ -43,6 +68,8 @@ def main() -> int:
     run(str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r", "requirements.lock")
     step("installing streamlab (editable)")
     run(str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps", "-e", ".")
+    step(f"registering the Jupyter kernel {KERNEL!r} ({KERNEL_DISPLAY}) and the server config (127.0.0.1)")
+    jupyter_setup(python)
     if shutil.which("nginx") or Path("/usr/sbin/nginx").exists():
         step("nginx found: notebooks and tests will compare against real nginx")
     elif hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
@@ -54,7 +81,7 @@ def main() -> int:
         step("nginx not installed and not root: the embedded proxy stands in for it "
              "(install nginx to run the real-nginx checks)")
     step(f"done in {time.monotonic() - started:.0f} s. Test: .venv/bin/python -m pytest   "
-         "Workbook: .venv/bin/jupyter lab notebooks/")
+         "Workbook: .venv/bin/jupyter lab notebooks/  (headless: add --no-browser)")
     return 0
 
 

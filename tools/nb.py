@@ -9,6 +9,15 @@ A source is a Python file with cells separated by ``# %%`` lines (jupytext's
 "percent" format). ``# %% [markdown]`` starts a Markdown cell whose lines are
 ``# ``-prefixed; ``# %% tags=["raises-exception", "solution"]`` sets cell tags.
 The notebook is generated: edit the source, never the .ipynb (STYLE.md, item 15).
+
+Every notebook names the kernel ``streamlab`` ("streamlab (.venv)", registered
+by tools/install.py), so JupyterLab and nbval start the venv's interpreter.
+Stored outputs must hold no machine-specific text: absolute paths, keys, ports
+and process ids. The app servers' log lines carry pids (``streamlab.app
+pid=4242``, gunicorn's ``WORKER TIMEOUT (pid:4242)`` and ``[4242] [INFO]``);
+``build`` masks them (``pid=PID``) before it writes the notebook, the same way
+tools/sanitize.cfg masks them before nbval compares, and ``check`` refuses any
+that are left.
 """
 
 from __future__ import annotations
@@ -23,7 +32,12 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 SOURCES = NOTEBOOKS / "src"
 MARK = re.compile(r"^# %%(?P<md> \[markdown\])?(?: tags=(?P<tags>\[.*\]))?\s*$")
-FORBIDDEN = re.compile(r"(/root/|/tmp/|/work/|/home/|sk-[A-Za-z0-9]{16,}|127\.0\.0\.1:\d{4,5}|localhost:\d{4,5})")
+FORBIDDEN = re.compile(r"(/root/|/tmp/|/work/|/home/|sk-[A-Za-z0-9]{16,}|127\.0\.0\.1:\d{4,5}|localhost:\d{4,5}"
+                       r"|\bpid[:=] ?\d+|\[\d+\] \[(?:DEBUG|INFO|WARNING|ERROR|CRITICAL)\])")
+# (pattern, replacement) applied to every stored output by build: the pid shapes of FORBIDDEN
+PIDS = [(re.compile(r"\b(pid[:=] ?)\d+"), r"\1PID"),
+        (re.compile(r"\[\d+\] (\[(?:DEBUG|INFO|WARNING|ERROR|CRITICAL)\])"), r"[PID] \1")]
+KERNEL = {"display_name": "streamlab (.venv)", "language": "python", "name": "streamlab"}
 
 
 def parse(source: Path) -> list[dict]:
@@ -56,7 +70,7 @@ def to_notebook(cells: list[dict]):
 
     nb = nbformat.v4.new_notebook()
     nb.metadata = {
-        "kernelspec": {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"},
+        "kernelspec": dict(KERNEL),
         "language_info": {"name": "python", "version": "3.11"},
     }
     for i, cell in enumerate(cells):
@@ -83,13 +97,15 @@ def build(source: Path, execute: bool = True) -> Path:
 
     nb = to_notebook(parse(source))
     if execute:
-        client = NotebookClient(nb, timeout=300, kernel_name="python3", allow_errors=False,
+        client = NotebookClient(nb, timeout=300, kernel_name=KERNEL["name"], allow_errors=False,
                                 resources={"metadata": {"path": str(NOTEBOOKS)}})
         # cells tagged raises-exception may fail; nbclient honours the tag itself
         client.execute()
     for cell in nb.cells:
         if cell.cell_type == "code":
             cell.metadata.pop("execution", None)
+            for output in cell.outputs:
+                mask_pids(output)
     out = target(source)
     nbformat.write(nb, out)
     problems = hygiene(out)
@@ -99,12 +115,29 @@ def build(source: Path, execute: bool = True) -> Path:
     return out
 
 
+def mask(text: str) -> str:
+    for pattern, replacement in PIDS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def mask_pids(output: dict) -> None:
+    """Replace process ids in one stored output (stream text, text/plain, text/html, text/markdown)."""
+    if "text" in output:
+        output["text"] = mask(output["text"] if isinstance(output["text"], str) else "".join(output["text"]))
+    for key, value in output.get("data", {}).items():
+        if key.startswith("text/"):
+            output["data"][key] = mask(value if isinstance(value, str) else "".join(value))
+
+
 def hygiene(notebook: Path) -> list[str]:
     nb = json.loads(notebook.read_text())
     problems = []
     for i, cell in enumerate(nb["cells"]):
         for output in cell.get("outputs", []):
-            text = json.dumps(output.get("text", "")) + json.dumps(output.get("data", {}).get("text/plain", ""))
+            data = output.get("data", {})
+            text = json.dumps(output.get("text", "")) + "".join(
+                json.dumps(data.get(k, "")) for k in ("text/plain", "text/html", "text/markdown"))
             for hit in set(FORBIDDEN.findall(text)):
                 problems.append(f"{notebook.name} cell {i}: stored output holds machine-specific text {hit!r}")
     return problems
@@ -124,6 +157,9 @@ def check() -> int:
                for c in stored["cells"]]
         if got != wanted:
             problems.append(f"{nb_path.name}: out of sync with {source.name}; rebuild it with tools/nb.py build")
+        kernel = stored.get("metadata", {}).get("kernelspec", {}).get("name")
+        if kernel != KERNEL["name"]:
+            problems.append(f"{nb_path.name}: kernelspec {kernel!r}, expected {KERNEL['name']!r}; rebuild it")
         code = [c for c in stored["cells"] if c["cell_type"] == "code"]
         if code and not any(c.get("outputs") for c in code):
             problems.append(f"{nb_path.name}: no stored outputs")
