@@ -1,0 +1,96 @@
+"""``streamlab.fixes.heartbeat``: what a heartbeat cures and what it cannot (issue 12).
+
+Over real sockets: the mock model stalls mid-stream, a demo app under real
+uvicorn relays it as SSE with or without ``: ping`` comments, and the embedded
+proxy in front plays a load balancer's idle timeout or a gateway's deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+import streamlab as sl
+from streamlab.fixes import PING, Heartbeat, heartbeat
+
+pytestmark = pytest.mark.usefixtures("clean_slate")
+
+APP = "streamlab.apps.heartbeat:app"
+STALL = "stall@3=30"          # 3 tokens, then 30 scenario seconds of silence, then the rest
+
+
+@pytest.fixture
+def stack():
+    """mock -> uvicorn(heartbeat demo app); scenario seconds at 1/20 of wall-clock time."""
+    with sl.time_scale(0.05), sl.MockLLM(tokens=8, ttft=0.2, itl=0.2) as mock, \
+            sl.Uvicorn(APP, env={"STREAMLAB_MODEL_URL": mock.base_url}) as app:
+        yield app
+
+
+def _through(app, fault, *, every: float):
+    with sl.Proxy(upstream=app.url, faults=[fault]) as proxy:
+        result = sl.read_stream(f"{proxy.url}/sse?spec={STALL}&every={every}", timeout=None)
+    data = [e["data"] for e in result.events if e.get("data")]
+    return result, data
+
+
+def test_heartbeat_keeps_a_stalled_stream_alive_through_an_lb_idle_timeout(stack):
+    broken, broken_data = _through(stack, sl.hops.IdleTimeout(seconds=10), every=0)
+    fixed, fixed_data = _through(stack, sl.hops.IdleTimeout(seconds=10), every=5)
+    assert broken.outcome == "cut" and len(broken_data) == 3
+    assert fixed.outcome == "complete" and fixed_data[-1] == "[DONE]" and len(fixed_data) == 9
+    assert fixed.text.count(PING.decode()) >= 4           # 30 s of silence, a ping every 5 s
+
+
+def test_heartbeat_does_not_beat_a_gateway_deadline(stack):
+    result, data = _through(stack, sl.hops.Deadline(seconds=20), every=5)
+    assert result.outcome == "cut"
+    assert "[DONE]" not in data and PING.decode() in result.text
+
+
+def test_heartbeat_wrapper_never_cancels_the_pending_read():
+    async def slow():
+        for i in range(3):
+            await asyncio.sleep(0.05)
+            yield i
+
+    async def collect():
+        return [item async for item in heartbeat(slow(), every=0.012, frame="beat")]
+
+    with sl.time_scale(1.0):
+        items = asyncio.run(collect())
+    assert [i for i in items if i != "beat"] == [0, 1, 2]
+    assert items.count("beat") >= 3
+
+
+def test_heartbeat_middleware_pings_only_event_streams():
+    async def app(scope, receive, send):
+        kind = b"text/event-stream" if scope["path"] == "/sse" else b"application/json"
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", kind)]})
+        await send({"type": "http.response.body", "body": b"data: 1\n\n", "more_body": True})
+        await asyncio.sleep(0.1)
+        await send({"type": "http.response.body", "body": b"data: 2\n\n", "more_body": False})
+
+    async def call(path):
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        await Heartbeat(app, every=0.02)({"type": "http", "path": path}, receive, send)
+        return [m.get("body") for m in sent if m["type"] == "http.response.body"]
+
+    with sl.time_scale(1.0):
+        sse, plain = asyncio.run(call("/sse")), asyncio.run(call("/json"))
+    assert sse[0] == b"data: 1\n\n" and sse[-1] == b"data: 2\n\n" and sse.count(PING) >= 2
+    assert plain == [b"data: 1\n\n", b"data: 2\n\n"]
+
+
+@pytest.mark.parametrize("every", [0, -1, float("nan"), float("inf")])
+def test_heartbeat_interval_must_be_a_positive_finite_number(every):
+    with pytest.raises(ValueError, match="heartbeat interval"):
+        Heartbeat(lambda *a: None, every=every)
