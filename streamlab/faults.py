@@ -28,59 +28,42 @@ Options in the same grammar (not faults): ``tokens=200``, ``ttft=0.5``, ``itl=0.
 ``jitter=0.005``, ``seed=3``, ``echo``, ``tools=off``, ``first=1`` (this spec's faults
 apply to the first N requests that carry it; later ones run clean).
 
+Limits (``LIMITS``, all in ``streamlab/_spec.py``). A value outside them is a ``SpecError`` (a
+``ValueError``) in Python, when the fault or spec is built, and a JSON ``400`` with code
+``invalid_streamlab_spec`` on the wire; an error message quotes at most 120 characters of it::
+
+    tokens=N, @N (token index)            whole number, 0 .. 100 000
+    ttft itl jitter, stall@N=S,           finite number of scenario seconds, 0 .. 86 400
+      slowheaders=S, ratelimit=S
+    context=N                             whole number, 0 .. 10 000 000
+    seed=N / first=N                      0 .. 2**32-1 / 0 .. 1 000 000
+    tools=NAME                            auto, off or 1..64 of A-Z a-z 0-9 _ -
+    a spec                                at most 4 096 characters and 64 items
+    a number                              plain ASCII decimal: no nan, inf, '_' or other digits
+
+``validate(spec)`` / ``validate(name, value, at=N)`` runs the same checks before a run.
+
 The exception a client sees for each fault is tabulated in ``notebooks/00_start_here``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, ClassVar
+from dataclasses import dataclass
+from typing import ClassVar
 
+from . import _spec
+from ._events import Event, Fault, FaultContext, fmt as _fmt
+from ._spec import LIMITS, SpecError
 from ._timescale import to_real
 
-if TYPE_CHECKING:  # pragma: no cover
-    from ._mock import Event, Exchange
+Exchange = FaultContext  # what ``act`` gets: the exchange (``streamlab._mock.Exchange`` implements it)
 
 __all__ = [
     "Fault", "Cut", "Reset", "SilentEnd", "NoDone", "Stall", "MalformedChunk", "BrokenFraming",
     "ErrorEvent", "RateLimited", "ServerError", "ContextWindow", "SlowHeaders",
-    "REGISTRY", "names", "parse", "SpecError",
+    "REGISTRY", "names", "parse", "validate", "to_spec", "SpecError", "LIMITS",
 ]
-
-
-class SpecError(ValueError):
-    """A behaviour spec that cannot be parsed (bad name, index or value)."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class Fault:
-    """Base of all model faults. ``act`` gets each event and returns it (maybe changed) or None to drop it."""
-
-    name: ClassVar[str] = "noop"
-    index_arg: ClassVar[str | None] = None  # field filled from "@N"
-    value_arg: ClassVar[str | None] = None  # field filled from "=V"
-
-    async def act(self, event: "Event", ex: "Exchange") -> "Event | None":
-        return event
-
-    def spec(self) -> str:
-        """This fault in the spec grammar, e.g. ``stall@5=30``."""
-        text = self.name
-        if self.index_arg is not None:
-            text += f"@{getattr(self, self.index_arg)}"
-        if self.value_arg is not None and getattr(self, self.value_arg) is not None:
-            text += f"={_fmt(getattr(self, self.value_arg))}"
-        return text
-
-    def __str__(self) -> str:
-        return self.spec()
-
-
-def _fmt(value: object) -> str:
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
 
 
 def _at_token(event: "Event", at: int) -> bool:
@@ -248,6 +231,7 @@ class ContextWindow(Fault):
     tokens: int
     name: ClassVar[str] = "context"
     value_arg: ClassVar[str] = "tokens"
+    bounds: ClassVar[dict] = {"tokens": _spec.CONTEXT}
 
     async def act(self, event, ex):
         if event.kind == "request":
@@ -285,7 +269,8 @@ REGISTRY: dict[str, type[Fault]] = {
 }
 ALIASES = {"429": "ratelimit", "500": "servererror", "ctx": "context"}
 
-# Options share the grammar; they set timing and content instead of faults.
+
+# Options share the grammar; they set timing and content instead of faults (rules: ``_spec.OPTION_RULES``).
 OPTIONS: dict[str, type] = {
     "tokens": int, "ttft": float, "itl": float, "jitter": float, "seed": int,
     "echo": bool, "tools": str, "first": int,
@@ -297,70 +282,111 @@ def names() -> list[str]:
     return list(REGISTRY)
 
 
-def _number(raw: str, kind: type, item: str):
+def _item(item: str, faults: list[Fault], options: dict[str, object]) -> None:
+    head, _, value = item.partition("=")
+    name, _, index = head.partition("@")
+    name = ALIASES.get(name.lower(), name.lower())
+    where = _spec.echo(item)
+    if name in OPTIONS:
+        if index:
+            raise SpecError(f"{where}: option {name!r} takes no @index")
+        options[name] = _spec.check_option(name, value, raw=True, where=f"{where}: {name}")
+        return
+    cls = REGISTRY.get(name)
+    if cls is None:
+        known = ", ".join(list(REGISTRY) + list(OPTIONS))
+        raise SpecError(f"unknown fault or option {_spec.echo(name)} in {where}; known: {known}")
+    kwargs: dict[str, object] = {}
+    if cls.index_arg is not None:
+        if not index:
+            raise SpecError(f"{where}: {name} needs a token index, like {name}@12")
+        kwargs[cls.index_arg] = _spec.TOKEN_INDEX.parse(index, f"{where}: the token index")
+    elif index:
+        raise SpecError(f"{where}: {name} takes no @index")
+    if cls.value_arg is not None and value:
+        bound = cls.bound_of(cls.value_arg)
+        assert bound is not None
+        kwargs[cls.value_arg] = bound.parse(value, f"{where}: {cls.value_arg}")
+    elif value and cls.value_arg is None:
+        raise SpecError(f"{where}: {name} takes no =value")
     try:
-        return kind(raw)
-    except ValueError:
-        raise SpecError(f"{item!r}: {raw!r} is not a valid {kind.__name__}") from None
+        faults.append(cls(**kwargs))
+    except TypeError:
+        raise SpecError(f"{where}: {name} needs a value, like {name}=1") from None
 
 
 def parse(spec: str) -> tuple[list[Fault], dict[str, object]]:
-    """Parse a spec string into (faults, options). Raises ``SpecError`` with the offending item."""
+    """Parse a spec string into (faults, options). Raises ``SpecError`` naming the offending item.
+
+    Every value is checked against ``LIMITS`` (see the module docstring): ``stall@1=nan``,
+    ``tokens=1000000000000`` or a 200 KB spec are refused here, before any request runs.
+    """
     faults: list[Fault] = []
     options: dict[str, object] = {}
-    for item in filter(None, (part.strip() for part in spec.replace(";", ",").split(","))):
-        head, _, value = item.partition("=")
-        name, _, index = head.partition("@")
-        name = ALIASES.get(name.lower(), name.lower())
-        if name in OPTIONS:
-            kind = OPTIONS[name]
-            if index:
-                raise SpecError(f"{item!r}: option {name!r} takes no @index")
-            if kind is bool:
-                if value not in ("", "1", "true", "on", "0", "false", "off"):
-                    raise SpecError(f"{item!r}: {name} is on or off")
-                options[name] = value in ("", "1", "true", "on")
-            elif kind is str:
-                options[name] = value
-            else:
-                if not value:
-                    raise SpecError(f"{item!r}: option {name!r} needs a value, like {name}=1")
-                number = _number(value, kind, item)
-                if number < 0:
-                    raise SpecError(f"{item!r}: {name} must not be negative")
-                options[name] = number
-            continue
-        cls = REGISTRY.get(name)
-        if cls is None:
-            known = ", ".join(list(REGISTRY) + list(OPTIONS))
-            raise SpecError(f"unknown fault or option {name!r} in {item!r}; known: {known}")
-        kwargs: dict[str, object] = {}
-        if cls.index_arg is not None:
-            if not index:
-                raise SpecError(f"{item!r}: {name} needs a token index, like {name}@12")
-            kwargs[cls.index_arg] = _number(index, int, item)
-            if kwargs[cls.index_arg] < 0:
-                raise SpecError(f"{item!r}: the token index must not be negative")
-        elif index:
-            raise SpecError(f"{item!r}: {name} takes no @index")
-        if cls.value_arg is not None and value:
-            ftype = {f.name: f.type for f in fields(cls)}[cls.value_arg]
-            kwargs[cls.value_arg] = _number(value, int if "int" in str(ftype) else float, item)
-        elif value and cls.value_arg is None:
-            raise SpecError(f"{item!r}: {name} takes no =value")
-        try:
-            faults.append(cls(**kwargs))
-        except TypeError:
-            raise SpecError(f"{item!r}: {name} needs a value, like {name}=1") from None
+    for item in _spec.split(spec):
+        _item(item, faults, options)
     return faults, options
 
 
+_UNSET = object()
+
+
+def validate(spec: "str | Fault", value: object = _UNSET, *, at: int | None = None
+             ) -> tuple[list[Fault], dict[str, object]]:
+    """Check a behaviour before a run; return ``(faults, options)`` or raise ``SpecError``.
+
+        validate("stall@5=30,tokens=200")     # a whole spec string
+        validate("stall", 30, at=5)           # a (fault name, value) pair, index as keyword
+        validate("tokens", 200)               # an option and its value
+        validate(Stall(at=5, seconds=30))     # an object (checked when it was built)
+
+    The one check the URL prefix, the ``X-Streamlab`` header, the CLI and the playground share.
+    """
+    if isinstance(spec, Fault):
+        return [spec], {}
+    if value is _UNSET and at is None:
+        return parse(spec)
+    if not isinstance(spec, str):
+        raise SpecError(f"a fault or option name is a string, not {_spec.echo(spec)}")
+    name = ALIASES.get(spec.strip().lower(), spec.strip().lower())
+    if name in OPTIONS:
+        if at is not None:
+            raise SpecError(f"option {name!r} takes no token index")
+        return [], {name: _spec.check_option(name, None if value is _UNSET else value)}
+    cls = REGISTRY.get(name)
+    if cls is None:
+        raise SpecError(f"unknown fault or option {_spec.echo(spec)}; known: "
+                        f"{', '.join(list(REGISTRY) + list(OPTIONS))}")
+    kwargs: dict[str, object] = {}
+    if cls.index_arg is not None:
+        if at is None:
+            raise SpecError(f"{name} needs a token index (at=)")
+        kwargs[cls.index_arg] = at
+    elif at is not None:
+        raise SpecError(f"{name} takes no token index")
+    if value is not _UNSET and value is not None:
+        if cls.value_arg is None:
+            raise SpecError(f"{name} takes no value")
+        kwargs[cls.value_arg] = value
+    try:
+        return [cls(**kwargs)], {}
+    except TypeError:
+        raise SpecError(f"{name} needs a value ({cls.value_arg})") from None
+
+
 def to_spec(*items: "Fault | str", **options: object) -> str:
-    """Build a spec string from fault objects, spec fragments and options."""
-    parts = [item.spec() if isinstance(item, Fault) else str(item) for item in items if item is not None]
+    """Build a spec string from fault objects, spec fragments and options (checked: ``SpecError``)."""
+    parts: list[str] = []
+    for item in items:
+        if item is None:
+            continue
+        if not isinstance(item, (Fault, str)):
+            raise SpecError(f"a behaviour is a Fault or a spec string, not {_spec.echo(item)}")
+        parts.append(item.spec() if isinstance(item, Fault) else item)
     for key, value in options.items():
         if key not in OPTIONS:
             raise SpecError(f"unknown option {key!r}; known: {', '.join(OPTIONS)}")
+        _spec.check_option(key, value)
         if value is True:
             parts.append(key)
         elif value is False:
