@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import queue
 import socket
 import threading
@@ -43,6 +44,7 @@ from typing import Any, AsyncIterator, Iterator, Mapping
 
 import httpx
 
+from ._sse import SSEParser, parse_block, split_events
 from ._timescale import to_real, to_scenario
 
 __all__ = ["Abort", "SlowReader", "ClientTimeout", "TotalTimeout", "HTTPStream", "StreamResult", "read_stream",
@@ -138,7 +140,7 @@ class StreamResult:
     @property
     def events(self) -> list[dict[str, str]]:
         """SSE events of the body (``{"event": ..., "data": ..., "id": ...}``), complete ones only."""
-        return [_parse_event(block) for block in _split_events(self.text)[0]]
+        return [parse_block(block).as_dict() for block in split_events(self.text)[0]]
 
     @property
     def ttfb(self) -> float | None:
@@ -152,9 +154,13 @@ class StreamResult:
 
     @property
     def outcome(self) -> str:
-        """``complete``, ``aborted``, ``timeout``, ``cut`` (error after the headers) or ``error``."""
+        """``complete``, ``aborted``, ``http error`` (a 4xx/5xx status: a gateway's 504 is never
+        complete; ``status`` and ``body`` say which), ``timeout``, ``cut`` (error after the headers)
+        or ``error`` (no HTTP response at all)."""
         if self.aborted:
             return "aborted"
+        if self.status is not None and self.status >= 400:
+            return "http error"
         if self.error is None:
             return "complete" if self.t_end is not None else "open"
         if isinstance(self.error, httpx.TimeoutException):
@@ -167,28 +173,9 @@ class StreamResult:
                 f"bytes={self.nbytes}>")
 
 
-def _split_events(text: str) -> tuple[list[str], str]:
-    """Complete SSE blocks in ``text`` and the unfinished rest."""
-    text = text.replace("\r\n", "\n")
-    *blocks, rest = text.split("\n\n")
-    return [b for b in blocks if b.strip()], rest
-
-
 def _parse_event(block: str) -> dict[str, str]:
-    event: dict[str, str] = {}
-    data = []
-    for line in block.split("\n"):
-        if line.startswith(":"):
-            continue
-        name, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
-        if name == "data":
-            data.append(value)
-        elif name in ("event", "id", "retry"):
-            event[name] = value
-    if data:
-        event["data"] = "\n".join(data)
-    return event
+    """An SSE block as ``{"event", "data", "id", "retry"}`` (``streamlab._sse.parse_block``)."""
+    return parse_block(block).as_dict()
 
 
 def app_event(item: Any):
@@ -202,9 +189,9 @@ def app_event(item: Any):
     raw = item.decode("utf-8", "replace") if isinstance(item, (bytes, bytearray)) else item
     if not isinstance(raw, str):
         return inspect_chunk(item)
-    event = _parse_event(raw.strip("\n"))
-    data = event.get("data")
-    if data == "[DONE]" or event.get("event") == "done":
+    event = parse_block(raw)
+    data = event.data
+    if data == "[DONE]" or event.event == "done":
         return ChunkInfo(None, "stop", True, len(raw.encode()))
     if data is not None and data.startswith("{"):
         return inspect_chunk(item)  # an OpenAI-style chunk
@@ -313,7 +300,7 @@ class HTTPStream:
                     res.status, res.t_headers = response.status_code, time.perf_counter()
                     res.headers = dict(response.headers)
                     raw = response.aiter_raw()
-                    pending = ""
+                    parser = SSEParser()
                     reads = events = 0
                     while True:
                         chunk = await within(raw.__anext__())
@@ -327,7 +314,7 @@ class HTTPStream:
                             yield chunk
                             units = reads
                         else:
-                            blocks, pending = _split_events(pending + chunk.decode("utf-8", "replace"))
+                            blocks = parser.feed(chunk)
                             for block in blocks:
                                 yield block + "\n\n"
                             events += len(blocks)
@@ -374,7 +361,11 @@ class HTTPStream:
                 handoff.put(("error", exc))
             handoff.put(("end", None))
 
-        thread = threading.Thread(target=asyncio.run, args=(pump(),), name="streamlab-client", daemon=True)
+        # the reader thread runs in a copy of this context, so a recording active here (sl.record's
+        # transport hook) sees the request being sent and the response's status
+        context = contextvars.copy_context()
+        thread = threading.Thread(target=context.run, args=(asyncio.run, pump()), name="streamlab-client",
+                                  daemon=True)
         thread.start()
         started.wait()
         try:

@@ -8,6 +8,7 @@ terminal marker and any exception are timestamped.
 
 Outcomes, checked in this order::
 
+    an HTTP error status (429, 500, 504 ...) ....... HTTP_ERROR            (run.status, run.body)
     exception, no chunk yet ........................ ERROR_BEFORE_STREAM   (STALLED if it is a timeout)
     exception after some chunks .................... CUT_MID_STREAM        (STALLED if it is a timeout)
     we stopped reading (abort_after=...) ........... CLIENT_ABORTED
@@ -17,19 +18,43 @@ Outcomes, checked in this order::
       it was meant to arrive every ``itl`` seconds
     ended with the marker .......................... COMPLETE
 
-Times are reported in scenario seconds (see ``streamlab.time_scale``).
+Only stream faults are recorded: an exception that no stream, SDK or framework raises for a
+transport reason (a ``NameError`` in the callable, a ``TypeError``) propagates unchanged. The
+exception tree and the allow-list are in ``streamlab._errors``.
+
+Times are reported in scenario seconds (see ``streamlab.time_scale``), from **t0, the moment
+the first HTTP request of the recorded call goes out** (its request headers start on the
+socket), not from the call: the first openai request of a process spends ~0.4 s of wall clock
+building its client and request models before it sends anything, which at ``time_scale(0.02)``
+would read as 20 scenario seconds of "TTFT". t0 comes from a small hook on httpx's transports
+(``httpx.HTTPTransport.handle_request`` / ``AsyncHTTPTransport.handle_async_request``, which
+the openai SDK, LangChain, AutoGen and CrewAI all send through) that, while a recording is
+active in this thread or task (a contextvar), notes the first request's send time (httpcore's
+``trace`` extension: ``send_request_headers.started``) and the status of every response.
+Design choices:
+
+- A retry belongs to the stream: when the SDK retries a failed first attempt (a 429, a reset),
+  t0 stays the *first* attempt's send, so TTFT includes the backoff the user waited through.
+- A call that makes several requests (an agent's turns, a graph's nodes) is timed from the first.
+- A stream that makes no HTTP request through httpx (a generator, an in-memory transport, a
+  transport of its own) is timed from the call, as before.
+- Connection setup (the TCP connect) is not counted; on loopback it is under 2 ms.
 """
 
 from __future__ import annotations
 
+import contextvars
 import enum
 import inspect
 import json
 import statistics
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterable, Callable, Iterable
 
+from ._sse import parse_block, split_events
+from ._errors import describe, http_body, http_status, is_stream_fault
 from ._text import count_tokens
 from ._timescale import current_time_scale
 
@@ -37,6 +62,14 @@ __all__ = ["Outcome", "Run", "record", "arecord", "ChunkInfo", "inspect_chunk", 
 
 
 class Outcome(str, enum.Enum):
+    """How a recorded stream ended (the order of checks is in the module docstring).
+
+    ``HTTP_ERROR`` is an HTTP response with an error status (4xx/5xx: a rate limit, a server
+    error, a gateway's 504), however the client reported it (an exception or a body it read);
+    ``run.status`` and ``run.body`` say which. ``ERROR_BEFORE_STREAM`` is *no* HTTP response at
+    all: nobody listening, a reset or a close before the headers. ``STALLED`` is a timeout.
+    """
+
     COMPLETE = "complete"
     TRUNCATED_BY_LENGTH = "truncated by length"
     CUT_MID_STREAM = "cut mid-stream"
@@ -45,6 +78,7 @@ class Outcome(str, enum.Enum):
     BUFFERED = "buffered"
     ERROR_BEFORE_STREAM = "error before stream"
     CLIENT_ABORTED = "client aborted"
+    HTTP_ERROR = "http error"
 
     def __str__(self) -> str:
         return self.value
@@ -92,7 +126,7 @@ def inspect_chunk(item: Any) -> ChunkInfo:
     if isinstance(item, _Value):
         return item.info
     nbytes = _size(item)
-    # Raw SSE from httpx: bytes or str lines/blocks.
+    # Raw SSE from httpx: bytes or str lines/blocks/network reads (streamlab._sse parses them).
     if isinstance(item, (bytes, bytearray)):
         item = item.decode("utf-8", "replace")
     if isinstance(item, str):
@@ -100,10 +134,12 @@ def inspect_chunk(item: Any) -> ChunkInfo:
         finish = None
         terminal = False
         error = None
-        for line in item.splitlines():
-            if not line.startswith("data:"):
-                continue
-            data = line[5:].strip()
+        blocks, rest = split_events(item)
+        for block in blocks + ([rest] if rest.strip() else []):
+            data = parse_block(block).data
+            if data is None:
+                continue  # a comment (keep-alive) or a block without data
+            data = data.strip()
             if data == "[DONE]":
                 terminal = True
                 continue
@@ -180,6 +216,9 @@ class Run:
     value: Any = None   # what a callable returned, when not a stream
     scale: float = field(default_factory=current_time_scale)  # the time scale in force when recorded
     itl_hint: float | None = None  # the ITL the stream was meant to have (scenario s), to spot buffering
+    t_call: float = 0.0            # perf_counter when the recorded call started (t_start: its first send)
+    status: int | None = None      # HTTP status of the last response seen (None: no HTTP response)
+    body: str | None = None        # the error body of an HTTP error status, when the client read it
 
     # -- figures (scenario seconds) -----------------------------------------
     @property
@@ -229,6 +268,11 @@ class Run:
         return self._pct(99)
 
     @property
+    def error_text(self) -> str:
+        """``module.Class: message``, never an empty message (see ``streamlab._errors.describe``)."""
+        return describe(self.error)
+
+    @property
     def error_class(self) -> str:
         if self.error is None:
             return "-"
@@ -242,15 +286,24 @@ class Run:
         return {"label": self.label, "outcome": str(self.outcome), "chunks": self.chunks,
                 "tokens": self.tokens, "expected": self.expected, "error": self.error_class, "finish": self.finish,
                 "ttft_s": self.ttft, "itl_p50_s": self.itl_p50, "itl_p99_s": self.itl_p99,
-                "e2e_s": self.e2e, "bytes": self.nbytes}
+                "e2e_s": self.e2e, "bytes": self.nbytes, "status": self.status}
 
     def __repr__(self) -> str:
         got = f"{self.tokens}/{self.expected}" if self.expected is not None else str(self.tokens)
         err = f", {self.error_class}" if self.error is not None else ""
+        if self.outcome is Outcome.HTTP_ERROR and self.status is not None:
+            err = f", status {self.status}{err}"
         return f"<Run {self.label + ': ' if self.label else ''}{self.outcome}, {got} tokens{err}>"
 
     # -- classification ---------------------------------------------------------
     def _classify(self) -> Outcome:
+        status = http_status(self.error)
+        if status is not None:
+            self.status = status
+            self.body = self.body if self.body is not None else http_body(self.error)
+            return Outcome.HTTP_ERROR
+        if self.error is None and not self.terminal and self.status is not None and self.status >= 400:
+            return Outcome.HTTP_ERROR  # an error answer read as a body (HTTPStream, a raw reader)
         if self.aborted and self.error is None:
             return Outcome.CLIENT_ABORTED
         if self.error is not None:
@@ -275,10 +328,35 @@ class _Recording:
     def __init__(self, label: str, expected: int | None, abort_after: int | None,
                  abort_after_s: float | None, understand: Callable[[Any], ChunkInfo],
                  itl: float | None = None) -> None:
-        self.run = Run(label=label, expected=expected, t_start=time.perf_counter(), itl_hint=itl)
+        now = time.perf_counter()
+        self.run = Run(label=label, expected=expected, t_start=now, t_call=now, itl_hint=itl)
+        self.t_request: float | None = None   # the first HTTP request was handed to a transport
+        self.t_sent: float | None = None      # ... and its headers started on the socket
         self.abort_after = abort_after
         self.abort_after_real = None if abort_after_s is None else abort_after_s * current_time_scale()
         self.understand = understand
+
+    def _sent(self, when: float) -> None:
+        """t0: the first request's send, unless the stream had yielded something before any request
+        (then the call itself is the stream and stays t0)."""
+        if not self.run.arrivals:
+            self.run.t_start = when
+
+    def request_started(self) -> bool:
+        """A request is handed to a transport; True when it is the recording's first."""
+        if self.t_request is not None:
+            return False
+        self.t_request = time.perf_counter()
+        self._sent(self.t_request)
+        return True
+
+    def headers_sent(self) -> None:
+        if self.t_sent is None:
+            self.t_sent = time.perf_counter()
+            self._sent(self.t_sent)
+
+    def response(self, status: int) -> None:
+        self.run.status = status
 
     def add(self, item: Any) -> bool:
         """Record one item; True when the reader should stop now (an abort)."""
@@ -308,12 +386,81 @@ class _Recording:
             return True
         return False
 
-    def finish(self, error: BaseException | None) -> Run:
+    def finish(self, error: BaseException | None, stream: Any = None) -> Run:
         run = self.run
         run.t_end = time.perf_counter()
         run.error = error or run.error
+        result = getattr(stream, "result", None)  # an HTTPStream (or a wrapper of one) knows its status
+        if run.status is None and isinstance(getattr(result, "status", None), int):
+            run.status = result.status
+        if run.status is not None and run.status >= 400 and run.body is None:
+            text = getattr(result, "text", None)
+            run.body = text if isinstance(text, str) else None
         run.outcome = run._classify()
         return run
+
+
+# --------------------------------------------------------------------------- t0: the first request's send
+
+_active: "contextvars.ContextVar[_Recording | None]" = contextvars.ContextVar("streamlab_recording", default=None)
+_hook_lock = threading.Lock()
+_hooked = False
+
+
+def _install_transport_hook() -> None:
+    """Wrap httpx's two default transports once (idempotent; a no-op outside a recording)."""
+    global _hooked
+    if _hooked:
+        return
+    with _hook_lock:
+        if _hooked:
+            return
+        import httpx
+
+        sync_send = httpx.HTTPTransport.handle_request
+        async_send = httpx.AsyncHTTPTransport.handle_async_request
+
+        def handle_request(self: Any, request: Any) -> Any:
+            rec = _active.get()
+            if rec is None:
+                return sync_send(self, request)
+            if rec.request_started():
+                outer = request.extensions.get("trace")
+
+                def trace(name: str, info: dict) -> None:
+                    if name.endswith("send_request_headers.started"):
+                        rec.headers_sent()
+                    if outer is not None:
+                        outer(name, info)
+
+                request.extensions = {**request.extensions, "trace": trace}
+            response = sync_send(self, request)
+            rec.response(response.status_code)
+            return response
+
+        async def handle_async_request(self: Any, request: Any) -> Any:
+            rec = _active.get()
+            if rec is None:
+                return await async_send(self, request)
+            if rec.request_started():
+                outer = request.extensions.get("trace")
+
+                async def trace(name: str, info: dict) -> None:
+                    if name.endswith("send_request_headers.started"):
+                        rec.headers_sent()
+                    if outer is not None:
+                        await outer(name, info)
+
+                request.extensions = {**request.extensions, "trace": trace}
+            response = await async_send(self, request)
+            rec.response(response.status_code)
+            return response
+
+        handle_request.__wrapped__ = sync_send  # type: ignore[attr-defined]
+        handle_async_request.__wrapped__ = async_send  # type: ignore[attr-defined]
+        httpx.HTTPTransport.handle_request = handle_request  # type: ignore[method-assign]
+        httpx.AsyncHTTPTransport.handle_async_request = handle_async_request  # type: ignore[method-assign]
+        _hooked = True
 
 
 def record(stream: Iterable[Any] | Callable[[], Any], *, label: str = "", expected: int | None = None,
@@ -329,7 +476,9 @@ def record(stream: Iterable[Any] | Callable[[], Any], *, label: str = "", expect
     ``itl`` is the inter-token latency the stream was meant to have (scenario
     seconds); with it, a complete stream that arrived in one burst is BUFFERED.
     """
+    _install_transport_hook()
     rec = _Recording(label, expected, abort_after, abort_after_s, understand, itl)
+    token = _active.set(rec)
     error: BaseException | None = None
     iterator = None
     try:
@@ -343,9 +492,12 @@ def record(stream: Iterable[Any] | Callable[[], Any], *, label: str = "", expect
             for item in iterator:
                 if rec.add(item):
                     break
-    except Exception as exc:  # noqa: BLE001 - the error is the observation
+    except Exception as exc:  # noqa: BLE001 - a stream fault is the observation
+        if not is_stream_fault(exc):
+            raise  # a bug in the caller's code (NameError, TypeError ...) is not a stream fault
         error = exc
     finally:
+        _active.reset(token)
         owners = [x for x in (iterator, stream) if x is not None]
         for owner in owners[:1] + [x for x in owners[1:] if x is not owners[0]]:  # both, once each
             close = getattr(owner, "close", None)
@@ -354,7 +506,7 @@ def record(stream: Iterable[Any] | Callable[[], Any], *, label: str = "", expect
                     close()
                 except Exception:  # noqa: BLE001
                     pass
-    return rec.finish(error)
+    return rec.finish(error, stream)
 
 
 async def arecord(stream: AsyncIterable[Any] | Callable[[], Any] | Any, *, label: str = "",
@@ -362,7 +514,9 @@ async def arecord(stream: AsyncIterable[Any] | Callable[[], Any] | Any, *, label
                   abort_after_s: float | None = None, itl: float | None = None,
                   understand: Callable[[Any], ChunkInfo] = inspect_chunk) -> Run:
     """Async twin of ``record``: ``stream`` is an async iterable, an awaitable, or a callable returning either."""
+    _install_transport_hook()
     rec = _Recording(label, expected, abort_after, abort_after_s, understand, itl)
+    token = _active.set(rec)
     error: BaseException | None = None
     iterator = None
     try:
@@ -382,9 +536,12 @@ async def arecord(stream: AsyncIterable[Any] | Callable[[], Any] | Any, *, label
         else:
             rec.run.value = stream
             rec.add(_value_chunk(stream))
-    except Exception as exc:  # noqa: BLE001 - the error is the observation
+    except Exception as exc:  # noqa: BLE001 - a stream fault is the observation
+        if not is_stream_fault(exc):
+            raise  # a bug in the caller's code (NameError, TypeError ...) is not a stream fault
         error = exc
     finally:
+        _active.reset(token)
         for name in ("aclose", "close"):
             closer = getattr(iterator, name, None) or getattr(stream, name, None)
             if callable(closer):
@@ -395,7 +552,7 @@ async def arecord(stream: AsyncIterable[Any] | Callable[[], Any] | Any, *, label
                 except Exception:  # noqa: BLE001
                     pass
                 break
-    return rec.finish(error)
+    return rec.finish(error, stream)
 
 
 def _is_value(obj: Any) -> bool:

@@ -36,8 +36,8 @@ def test_outcomes_of_synthetic_streams():
     run = sl.record(broken())
     assert run.outcome is sl.Outcome.CUT_MID_STREAM and run.error_class == "builtins.ConnectionResetError"
 
-    def fails_first():
-        raise RuntimeError("429")
+    def fails_first():  # no HTTP response at all (a RuntimeError would be a bug: it propagates)
+        raise httpx.ConnectError("connection refused")
 
     assert sl.record(fails_first).outcome is sl.Outcome.ERROR_BEFORE_STREAM
 
@@ -102,7 +102,7 @@ def test_arecord_async_streams_awaitables_and_values():
         assert (await sl.arecord(value)).outcome is sl.Outcome.COMPLETE
 
         async def boom():
-            raise ValueError("no")
+            raise ConnectionResetError("reset before the headers")
 
         assert (await sl.arecord(boom)).outcome is sl.Outcome.ERROR_BEFORE_STREAM
 
