@@ -16,10 +16,11 @@ client; say so where you add one.
 
 What it cures: a hop that gives up on *silence* (a proxy's read timeout, a load
 balancer's idle timeout, a browser or client read timeout) while the model is
-thinking. What it cannot cure, and notebooks/06_fixes shows: a hop that limits
+thinking. What it cannot cure: a hop that limits
 the *whole* request (an API gateway's deadline, a serverless time limit), a hop
 that holds the bytes back (buffering of a non-chunked body, gzip on
-``text/event-stream``: the pings are held with the rest), and a model that stops.
+``text/event-stream``: the pings are held with the rest), and a model that
+stops. (To be taught in notebooks/06_fixes, not written yet.)
 
 Intervals are scenario seconds (``streamlab.time_scale``). 15 s is sse-starlette's
 default; pick one below the smallest idle limit on the path (60 s nginx and ALB,

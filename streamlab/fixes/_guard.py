@@ -1,0 +1,176 @@
+"""Completeness guard: a stream that ends short raises, instead of looking like an answer.
+
+    from streamlab.fixes import guard, IncompleteStream
+
+    stream = client.chat.completions.create(..., stream=True,
+                                            stream_options={"include_usage": True})
+    for chunk in guard(stream):                 # or: async for chunk in guard(async_stream)
+        ...                                     # raises IncompleteStream at the end if it fell short
+
+A silent truncation (the body ends cleanly after part of the answer) raises
+nothing in the openai SDK, LangChain or LangGraph: the loop simply ends. The
+guard watches what passes through and, when the source is exhausted, checks:
+
+    no finish_reason on any chunk ........................ IncompleteStream(reason="no finish_reason")
+    raw SSE text that never carried ``data: [DONE]`` ...... IncompleteStream(reason="no [DONE]")
+    finish_reason "length" (the token budget ran out) .... LengthTruncation   (allow_length=True: passes)
+    fewer content chunks than usage.completion_tokens ..... UsageMismatch      (only when usage was sent)
+
+All three are ``IncompleteStream``, which carries ``reason``, ``tokens``
+(content chunks seen) and ``finish``. Errors the
+source raises itself (a cut, a reset, a timeout) pass through unchanged: the
+guard adds an error only where there was none.
+
+What it understands: openai SDK chunks (sync ``Stream`` and ``AsyncStream``),
+raw SSE text or bytes (``sl.sse_events``, httpx ``iter_lines``), LangChain
+message chunks (``ChatOpenAI.stream``/``astream``) and LangGraph's ``messages``
+stream mode, through the recorder's ``inspect_chunk``. The usage check counts
+chunks that carry content, which is one token per chunk on OpenAI-compatible
+servers (and on the streamlab mock); pass ``check_usage=False`` for a server
+that batches tokens. To be taught in notebooks/06_fixes (not written yet).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, AsyncIterator, Iterator
+
+from .._recorder import inspect_chunk
+
+__all__ = ["guard", "IncompleteStream", "LengthTruncation", "UsageMismatch"]
+
+
+class IncompleteStream(Exception):
+    """A stream ended without error but short of a complete answer.
+
+        IncompleteStream          no finish_reason / no [DONE]: a silent truncation
+         +-- LengthTruncation     finish_reason "length": the token budget cut the answer
+         +-- UsageMismatch        usage says more tokens than the stream delivered
+    """
+
+    def __init__(self, message: str, *, reason: str, tokens: int, finish: str | None = None,
+                 usage_tokens: int | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.tokens = tokens
+        self.finish = finish
+        self.usage_tokens = usage_tokens
+
+
+class LengthTruncation(IncompleteStream):
+    """The answer stopped because ``max_tokens`` (or the model's own limit) was reached."""
+
+
+class UsageMismatch(IncompleteStream):
+    """The server's usage count is larger than what reached the client."""
+
+
+def _usage_tokens(item: Any) -> int | None:
+    usage = getattr(item, "usage", None)
+    if usage is not None:
+        value = getattr(usage, "completion_tokens", None)
+        return value if isinstance(value, int) else None
+    meta = getattr(item, "usage_metadata", None)  # LangChain message chunk
+    if isinstance(meta, dict) and isinstance(meta.get("output_tokens"), int) and meta["output_tokens"]:
+        return meta["output_tokens"]
+    if isinstance(item, tuple) and len(item) == 2:  # LangGraph messages mode
+        return _usage_tokens(item[0])
+    text = item.decode("utf-8", "replace") if isinstance(item, (bytes, bytearray)) else item
+    if isinstance(text, str) and '"usage"' in text:
+        for line in text.splitlines():
+            if line.startswith("data:"):
+                try:
+                    obj = json.loads(line[5:].strip())
+                except ValueError:
+                    continue
+                usage = obj.get("usage") if isinstance(obj, dict) else None
+                if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
+                    return usage["completion_tokens"]
+    return None
+
+
+class _Watch:
+    """What the guard has seen so far, and the verdict at the end."""
+
+    def __init__(self, *, require_done: bool | None, allow_length: bool, check_usage: bool) -> None:
+        self.require_done = require_done
+        self.allow_length = allow_length
+        self.check_usage = check_usage
+        self.tokens = 0
+        self.finish: str | None = None
+        self.done = False
+        self.raw = False
+        self.usage: int | None = None
+
+    def see(self, item: Any) -> None:
+        info = inspect_chunk(item)
+        if info.text:
+            self.tokens += 1
+        if info.finish:
+            self.finish = info.finish
+        if isinstance(item, (str, bytes, bytearray)):
+            self.raw = True
+            text = item.decode("utf-8", "replace") if isinstance(item, (bytes, bytearray)) else item
+            if any(line.startswith("data:") and line[5:].strip() == "[DONE]" for line in text.splitlines()):
+                self.done = True
+        usage = _usage_tokens(item)
+        if usage is not None:
+            self.usage = usage
+
+    def verdict(self) -> None:
+        seen = f"after {self.tokens} content chunks"
+        if self.finish is None:
+            raise IncompleteStream(f"the stream ended without a finish_reason {seen}: a silent truncation",
+                                   reason="no finish_reason", tokens=self.tokens)
+        need_done = self.raw if self.require_done is None else self.require_done
+        if need_done and not self.done:
+            raise IncompleteStream(f"the stream ended without data: [DONE] {seen} (finish_reason "
+                                   f"{self.finish!r})", reason="no [DONE]", tokens=self.tokens,
+                                   finish=self.finish)
+        if self.finish == "length" and not self.allow_length:
+            raise LengthTruncation(f"the answer was cut by the token budget (finish_reason 'length') {seen}",
+                                   reason="length", tokens=self.tokens, finish=self.finish)
+        if self.check_usage and self.usage is not None and self.tokens < self.usage:
+            raise UsageMismatch(f"usage says {self.usage} completion tokens, the stream delivered "
+                                f"{self.tokens}", reason="usage mismatch", tokens=self.tokens,
+                                finish=self.finish, usage_tokens=self.usage)
+
+
+class _Guarded:
+    def __init__(self, source: Any, watch: _Watch) -> None:
+        self._source = source
+        self._watch = watch
+
+    def __iter__(self) -> Iterator[Any]:
+        for item in self._source:
+            self._watch.see(item)
+            yield item
+        self._watch.verdict()
+
+    async def _aiter(self) -> AsyncIterator[Any]:
+        async for item in self._source:
+            self._watch.see(item)
+            yield item
+        self._watch.verdict()
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._aiter()
+
+    def __getattr__(self, name: str) -> Any:  # response, close(), ... of the wrapped stream
+        return getattr(self._source, name)
+
+
+def guard(stream: Any, *, require_done: bool | None = None, allow_length: bool = False,
+          check_usage: bool = True) -> Any:
+    """Wrap a sync or async stream; iterate the result the way you iterated the stream.
+
+    Args (keyword-only):
+        require_done: demand ``data: [DONE]``; default: only for raw SSE text (the SDKs
+            swallow the marker, so their streams are judged by finish_reason).
+        allow_length: let ``finish_reason: "length"`` pass (you asked for a short answer).
+        check_usage: compare content chunks with ``usage.completion_tokens`` when sent.
+    """
+    if not (hasattr(stream, "__iter__") or hasattr(stream, "__aiter__")):
+        raise TypeError(f"guard() takes a stream (an iterable or async iterable), got {type(stream).__name__}")
+    return _Guarded(stream, _Watch(require_done=require_done, allow_length=allow_length,
+                                   check_usage=check_usage))

@@ -1,0 +1,107 @@
+"""``streamlab.fixes.guard``: every silent truncation becomes an error (issue 12).
+
+Real openai SDK (sync and async), raw SSE over httpx and LangChain's ChatOpenAI,
+against the mock on a loopback socket; the faults fire at token indices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import openai
+import pytest
+
+import streamlab as sl
+from streamlab.fixes import IncompleteStream, LengthTruncation, UsageMismatch, guard
+
+MESSAGES = [{"role": "user", "content": "Explain RFC 9110 in 3 bullets"}]
+
+
+@pytest.fixture
+def mock():
+    with sl.time_scale(1.0), sl.MockLLM(tokens=20, ttft=0.0, itl=0.0) as server:
+        yield server
+
+
+def _sdk(mock, spec=None, **extra):
+    client = openai.OpenAI(base_url=mock.base_url_for(spec) if spec else mock.base_url, api_key="unused",
+                           max_retries=0)
+    return client.chat.completions.create(model="m", messages=MESSAGES, stream=True, **extra)
+
+
+def _drain(stream):
+    return sum(1 for _ in stream)
+
+
+def test_guard_lets_a_complete_sdk_stream_through_unchanged(mock):
+    plain = [c.model_dump() for c in _sdk(mock)]
+    guarded = [c.model_dump() for c in guard(_sdk(mock))]
+    strip = [{k: v for k, v in c.items() if k not in ("id", "created")} for c in plain]
+    assert strip == [{k: v for k, v in c.items() if k not in ("id", "created")} for c in guarded]
+
+
+def test_guard_turns_a_silent_truncation_of_the_sdk_stream_into_an_error(mock):
+    assert sum(1 for c in _sdk(mock, "silent@12") if c.choices[0].delta.content) == 12  # no error
+    with pytest.raises(IncompleteStream, match="without a finish_reason") as info:
+        _drain(guard(_sdk(mock, "silent@12")))
+    assert info.value.reason == "no finish_reason" and info.value.tokens == 12
+
+
+def test_guard_raises_length_truncation_unless_a_short_answer_was_asked_for(mock):
+    with pytest.raises(LengthTruncation):
+        _drain(guard(_sdk(mock, max_tokens=5)))
+    assert _drain(guard(_sdk(mock, max_tokens=5), allow_length=True)) > 0
+
+
+def test_guard_on_an_async_sdk_stream(mock):
+    async def run(spec):
+        client = openai.AsyncOpenAI(base_url=mock.base_url_for(spec), api_key="unused", max_retries=0)
+        try:
+            stream = await client.chat.completions.create(model="m", messages=MESSAGES, stream=True)
+            return [c async for c in guard(stream)]
+        finally:
+            await client.close()
+
+    with pytest.raises(IncompleteStream):
+        asyncio.run(run("silent@7"))
+
+
+def test_guard_demands_done_on_raw_sse_text(mock):
+    url = mock.base_url_for("nodone") + "/chat/completions"
+    events = list(sl.sse_events(url))                              # finish_reason, no [DONE]
+    assert events and not any("[DONE]" in e for e in events)
+    with pytest.raises(IncompleteStream, match=r"\[DONE\]") as info:
+        list(guard(sl.sse_events(url)))
+    assert info.value.reason == "no [DONE]"
+    assert list(guard(sl.sse_events(mock.base_url + "/chat/completions")))
+
+
+def test_guard_compares_content_with_the_usage_count(mock):
+    # framing@3 glues two events together: the SDK parses neither, so a token is lost without an error
+    full = _sdk(mock, "framing@3", stream_options={"include_usage": True})
+    with pytest.raises(UsageMismatch) as info:
+        _drain(guard(full))
+    assert info.value.usage_tokens == 20 and info.value.tokens < 20
+
+
+def test_guard_passes_transport_errors_through_unchanged(mock):
+    with pytest.raises(httpx.RemoteProtocolError):
+        _drain(guard(_sdk(mock, "cut@5")))
+
+
+def test_guard_on_langchain_chat_openai(mock):
+    from langchain_openai import ChatOpenAI
+
+    def model(spec):
+        return ChatOpenAI(model="m", base_url=mock.base_url_for(spec) if spec else mock.base_url,
+                          api_key="unused", max_retries=0)
+
+    assert _drain(guard(model(None).stream("hi"))) > 0
+    with pytest.raises(IncompleteStream):
+        _drain(guard(model("silent@9").stream("hi")))
+
+
+def test_guard_refuses_what_is_not_a_stream():
+    with pytest.raises(TypeError, match="takes a stream"):
+        guard(42)
