@@ -2,7 +2,7 @@
 
 One fault is one frozen dataclass of settings plus one method, ``pipe``, that
 sees the response stream of an exchange and passes on what it is not meant to
-change (see ``_proxy.py`` for the stream it sees). Each is registered by name,
+change (see ``_proxy.py`` and ``_hopbase.py`` for the stream it sees). Each is registered by name,
 so the CLI flags (``streamlab proxy --read-timeout 30``), the spec strings
 (``from_spec("read_timeout=30")``) and a widget's dropdown (``names()``) all
 come from ``REGISTRY``. Durations are scenario seconds (``streamlab.time_scale``).
@@ -65,7 +65,7 @@ from collections import deque
 from dataclasses import MISSING, dataclass, fields
 from typing import Any, AsyncIterator, ClassVar
 
-from ._proxy import (REGISTRY, Abort, Exchange, Fault, Head, Noop, Rule, error_page, pace, register)
+from ._hopbase import (REGISTRY, Abort, Exchange, Fault, Head, Noop, Rule, error_page, pace, register)
 from ._timescale import to_real
 from .faults import SpecError
 
@@ -260,7 +260,11 @@ class Buffering(Fault):
     value_arg: ClassVar[str] = "on"
     stage: ClassVar[int] = 20
 
-    async def pipe(self, items: AsyncIterator[Any], ex: Exchange) -> AsyncIterator[Any]:
+    def pipe(self, items: AsyncIterator[Any], ex: Exchange) -> AsyncIterator[Any]:
+        ex.max_response_head = self.buffer_size  # the upstream parser stops at it (502 at once)
+        return self._held(items, ex)
+
+    async def _held(self, items: AsyncIterator[Any], ex: Exchange) -> AsyncIterator[Any]:
         it = items.__aiter__()
         head = None
         async for item in it:  # markers pass; the Head stops the loop (``it`` goes on below)

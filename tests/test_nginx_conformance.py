@@ -49,6 +49,7 @@ class Scenario:
     body: bytes | None = None
     head_hold: float = 30  # scenario seconds: headers later than this count as held
     why: str = ""
+    settings: dict = field(default_factory=dict)  # proxy settings for both engines
 
 
 def nginx_defaults(**kw):
@@ -109,7 +110,7 @@ SCENARIOS = [
              "/sse?n=12000&size=1000", ("cut", None, False, False), client="slow"),
     Scenario("proxy_send_timeout: the upstream does not read the request",
              nginx_defaults() + [hops.UpstreamSendTimeout(seconds=T)], "/upload", ("http 504", 0, False, False),
-             upstream="deaf", method="POST", body=b"x" * (16 << 20)),
+             upstream="deaf", method="POST", body=b"x" * (16 << 20), settings={"client_max_body_size": 0}),
 ]
 
 
@@ -158,7 +159,7 @@ def slow_client(port: int, path: str) -> Outcome:
 
 
 def run(proxy_cls, scenario: Scenario, upstream_url: str) -> Outcome:
-    with proxy_cls(upstream=upstream_url, faults=scenario.faults) as proxy:
+    with proxy_cls(upstream=upstream_url, faults=scenario.faults, **scenario.settings) as proxy:
         if scenario.client == "slow":
             return slow_client(proxy.port, scenario.path)
         headers = {"accept-encoding": "gzip"} if scenario.client == "gzip" else {"accept-encoding": "identity"}

@@ -440,7 +440,8 @@ def test_read_timeout_after_headers_before_any_byte_is_200_then_cut_when_buffere
 def test_upstream_send_timeout_on_an_upstream_that_does_not_read(client):
     deaf = DeafUpstream()
     try:
-        with Proxy(upstream=deaf.url, faults=[hops.UpstreamSendTimeout(seconds=30)]) as proxy:
+        with Proxy(upstream=deaf.url, faults=[hops.UpstreamSendTimeout(seconds=30)],
+                   client_max_body_size=0) as proxy:
             seen = observe(client, proxy.url + "/upload", method="POST", content=b"x" * (16 << 20))
             fault = proxy.log.of("fault")[0].note
     finally:

@@ -1,0 +1,428 @@
+"""One request through the embedded proxy: the upstream side (``_Source``) and the sink (``run``).
+
+    _Source ──► Noop ──► fault ... fault ──► run(): write head, body, end; Abort -> error page / cut / RST
+      │ connect, send the request (head, then the body from memory or its spool file),
+      │ then parse the response with httptools (``_Upstream``): CONNECTED, SENDING..., SENT, Head, bytes
+
+The upstream's response head is limited to ``ex.max_response_head`` bytes while
+it is being read (nginx ``proxy_buffer_size``): past it the exchange ends with
+``502`` at once and the log note "upstream sent too big header", without
+buffering the rest. An upstream that answers before it has read the whole
+request (a ``413`` of its own) is relayed: the proxy stops sending the body and
+passes the answer on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from typing import Any, AsyncIterator
+
+import httptools
+
+from ._hopbase import CONNECTED, SENDING, SENT, SERVER_NAME, Abort, Exchange, Head
+from ._http import (MAX_QUEUED_ITEMS, SEND_PIECE, _DROP_FROM_UPSTREAM, _HOP_BY_HOP, _FlowControlled, _expire,
+                    _http_date, _title)
+from ._timescale import to_real
+
+logger = logging.getLogger("streamlab.proxy")
+
+TOO_BIG_HEADER = "upstream sent too big header while reading response header from upstream"
+
+
+class _Upstream(_FlowControlled):
+    """Reads the upstream response with httptools; queues one item per socket read."""
+
+    def __init__(self, ex: Exchange, head_only: bool) -> None:
+        self.ex = ex
+        self.head_only = head_only
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.items: deque[Any] = deque()
+        self.waiter: asyncio.Future | None = None
+        self.done = False
+        self.error: Abort | None = None
+        self.head_done = False
+        self.close_delimited = True
+        self.reason = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._body: list[bytes] = []
+        self.reading_paused = False
+        self.head_seen = 0  # bytes received before the response head was complete
+        self.head_limit = ex.max_response_head
+
+    # protocol callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._take_transport(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.ex.log("in", len(data), "", self.ex.conn)
+        if self.done or self.error is not None:
+            return
+        if not self.head_done:
+            self.head_seen += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            pass  # a 101 answer: nothing after the head is ours to parse
+        except httptools.HttpParserError as exc:
+            self._fail(Abort(f"upstream sent invalid response: {exc}", status=502 if not self.head_done else None))
+        if not self.head_done and self.head_limit is not None and self.head_seen > self.head_limit:
+            self._too_big()  # nginx: 502 as soon as the buffer is full, the rest is never read
+        if self._body:
+            self.items.append(self._body[0] if len(self._body) == 1 else b"".join(self._body))
+            self._body.clear()
+        self._wake()
+        if len(self.items) > MAX_QUEUED_ITEMS and not self.reading_paused and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def eof_received(self) -> None:
+        return None  # close our side too; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done and self.error is None:
+            if self.head_done and self.close_delimited:
+                self._flush_body()
+                self.done = True  # HTTP/1.0 style body: the close is the end
+            elif self.head_done:
+                self._fail(Abort("upstream prematurely closed connection while reading upstream"))
+            else:
+                self._fail(Abort("upstream prematurely closed connection while reading response header "
+                                 "from upstream", status=502))
+        self._wake()
+        self._release_drain()
+
+
+    # httptools callbacks
+    def on_status(self, status: bytes) -> None:
+        self.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:  # interim answer: wait for the real one
+            self._headers.clear()
+            self.reason = b""
+            return
+        self.head_done = True
+        names = {k for k, _ in self._headers}
+        self.close_delimited = not (b"content-length" in names or b"transfer-encoding" in names
+                                    or status in (204, 304))
+        raw = (len(self.reason) + 15 + sum(len(k) + len(v) + 4 for k, v in self._headers) + 2)
+        if self.head_limit is not None and raw > self.head_limit:
+            self.head_done = False
+            self._too_big()
+            return
+        self.items.append(Head(status=status, reason=self.reason, headers=tuple(self._headers), raw_size=raw))
+        if self.head_only:
+            self.done = True
+
+    def on_body(self, body: bytes) -> None:
+        if not self.done:
+            self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        self._flush_body()
+        self.done = True
+
+    # helpers
+    def _too_big(self) -> None:
+        self._headers.clear()
+        self._fail(Abort(TOO_BIG_HEADER, status=502, fault="proxy_buffer_size"))
+        self.done = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def _flush_body(self) -> None:
+        if self._body:
+            self.items.append(b"".join(self._body))
+            self._body.clear()
+
+    def _fail(self, abort: Abort) -> None:
+        if self.error is None and not self.done:
+            self.error = abort
+            if abort.note == TOO_BIG_HEADER:
+                self.items.clear()
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self, until: float | None = None) -> None:
+        """Wait for the next read (or the end); raise TimeoutError at loop time ``until``."""
+        loop = asyncio.get_running_loop()
+        self.waiter = waiter = loop.create_future()
+        timer = loop.call_at(until, _expire, waiter) if until is not None else None
+        try:
+            await waiter
+        finally:
+            self.waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    async def drain(self, until: float | None = None) -> None:
+        """Wait until the request can be written on; raise TimeoutError at loop time ``until``."""
+        if self.write_paused and self.error is None:
+            loop = asyncio.get_running_loop()
+            self.drain_waiter = waiter = loop.create_future()
+            timer = loop.call_at(until, _expire, waiter) if until is not None else None
+            try:
+                await waiter
+            finally:
+                self.drain_waiter = None
+                if timer is not None:
+                    timer.cancel()
+
+
+
+def _request_bytes(ex: Exchange, host: str, port: int, base_path: str, http_version: str) -> bytes:
+    """The request as nginx's proxy_pass sends it: own Host, Connection: close, body with Content-Length."""
+    lines = [f"{ex.method} {base_path}{ex.target} HTTP/{http_version}\r\nHost: {host}:{port}\r\n"
+             f"Connection: close\r\n".encode("latin-1")]
+    if ex.body_size or ex.method in ("POST", "PUT", "PATCH"):
+        lines.append(b"Content-Length: %d\r\n" % ex.body_size)
+    for name, value in ex.headers:
+        if name not in _HOP_BY_HOP:
+            lines.append(name + b": " + value + b"\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+class _Source:
+    """The first link: connect, send the request, then hand out CONNECTED, SENDING..., SENT, Head, bytes.
+
+    An async iterator rather than a generator so that a timer link right after
+    it (``pace``) can wait with a deadline (``next_until``) at the cost of one
+    timer handle, instead of cancelling the task (``asyncio.timeout``).
+    """
+
+    __slots__ = ("ex", "host", "port", "base", "http_version", "state", "up", "transport",
+                 "request", "offset", "body", "body_left")
+
+    def __init__(self, ex: Exchange, upstream: tuple[str, int, str], http_version: str) -> None:
+        self.ex = ex
+        self.host, self.port, self.base = upstream
+        self.http_version = http_version
+        self.state = 0  # 0 connect, 1 send, 2 read, 3 ended
+        self.up: _Upstream | None = None
+        self.transport: asyncio.Transport | None = None
+        self.request = b""
+        self.offset = 0
+        self.body: Any = None  # the spool file of a large body (else the body is in ``request``)
+        self.body_left = 0
+
+    def __aiter__(self) -> "_Source":
+        return self
+
+    def __anext__(self) -> Any:
+        return self.next_until(None)
+
+    async def next_until(self, until: float | None) -> Any:
+        """The next item; raise TimeoutError if none came by loop time ``until`` (None: wait forever)."""
+        if self.state == 2:
+            up = self.up
+            items = up.items  # type: ignore[union-attr]
+            while True:
+                if items:
+                    item = items.popleft()
+                    if up.reading_paused and len(items) < MAX_QUEUED_ITEMS // 2:  # type: ignore[union-attr]
+                        up.reading_paused = False  # type: ignore[union-attr]
+                        self.transport.resume_reading()  # type: ignore[union-attr]
+                    return item
+                if up.error is not None:  # type: ignore[union-attr]
+                    self.state = 3
+                    raise up.error  # type: ignore[union-attr]
+                if up.done:  # type: ignore[union-attr]
+                    self.state = 3
+                    raise StopAsyncIteration
+                await up.wait(until)  # type: ignore[union-attr]
+        if self.state == 0:
+            await self._connect(until)
+            self.state = 1
+            ex = self.ex
+            self.request = _request_bytes(ex, self.host, self.port, self.base, self.http_version)
+            if type(ex.body) is bytes:
+                self.request += ex.body
+            else:  # spooled to a file: sent piece by piece, never whole in memory
+                self.body, self.body_left = ex.body, ex.body_size
+            return CONNECTED
+        if self.state == 1:
+            up = self.up
+            piece = self.request[self.offset:self.offset + SEND_PIECE]
+            self.offset += len(piece)
+            if len(piece) < SEND_PIECE and self.body_left:
+                more = self.body.read(min(SEND_PIECE - len(piece), self.body_left))
+                self.body_left -= len(more)
+                if not more:  # the spool file is shorter than it said: cannot happen, but never spin
+                    self.body_left = 0
+                piece += more
+            self.transport.write(piece)  # type: ignore[union-attr]
+            await up.drain(until)  # type: ignore[union-attr]
+            if up.error is not None and not up.head_done:  # type: ignore[union-attr]
+                self.state = 3
+                raise up.error  # type: ignore[union-attr]
+            if up.head_done or up.done or self.transport.is_closing():  # type: ignore[union-attr]
+                # the upstream answered (or went) before reading the whole request, e.g. its own 413:
+                # stop sending and pass its answer on (nginx does the same)
+                self.request, self.body_left = b"", 0
+                self.state = 2
+                return SENT
+            if self.offset < len(self.request) or self.body_left:
+                return SENDING
+            self.request = b""
+            self.state = 2
+            return SENT
+        raise StopAsyncIteration
+
+    async def _connect(self, until: float | None) -> None:
+        ex = self.ex
+        loop = asyncio.get_running_loop()
+        protocol = _Upstream(ex, ex.method == "HEAD")
+        limit = loop.time() + to_real(60.0)  # nginx proxy_connect_timeout default
+        ours = until is None or limit <= until
+        try:
+            async with asyncio.timeout_at(limit if ours else until):
+                transport, _ = await loop.create_connection(lambda: protocol, self.host, self.port)
+        except TimeoutError:
+            self.state = 3
+            if not ours:
+                raise  # a timer fault's deadline: it decides what the client gets
+            raise Abort("upstream timed out (110: Connection timed out) while connecting to upstream",
+                        status=504) from None
+        except OSError as exc:
+            self.state = 3
+            raise Abort(f"connect() failed ({exc.errno}: {exc.strerror}) while connecting to upstream",
+                        status=502) from None
+        self.up = protocol
+        self.transport = transport  # type: ignore[assignment]
+        ex.upstream = transport  # type: ignore[assignment]
+
+    async def aclose(self) -> None:
+        self.state = 3
+        if self.transport is not None:
+            self.transport.close()
+
+
+
+# --------------------------------------------------------------------------- the sink
+
+
+async def run(proxy: Any, conn: Any, req: Any) -> bool:
+    """Run one request through the chain; return True if the client connection stays open."""
+    ex = Exchange(proxy, conn.id, req.method, req.target.decode("latin-1"), req.version, req.headers,
+                  req.body.value(), req.body.size, max_response_head=proxy.proxy_buffer_size)
+    record = proxy._record
+    record("open", 0, f"{ex.method} {ex.target}", conn.id)
+    faults = proxy.chain(ex.path)
+    items: AsyncIterator[Any] = _Source(ex, proxy._upstream, proxy.proxy_http_version)  # type: ignore[arg-type]
+    gens = [items]
+    for fault in faults:
+        items = fault.pipe(items, ex)
+        gens.append(items)
+
+    head_sent = False
+    keep_alive = req.keep_alive
+    framing = "length"
+    body_allowed = True
+    try:
+        async for item in items:
+            if type(item) is bytes:
+                if not item or not body_allowed:
+                    continue
+                if framing == "chunked":
+                    data = b"%x\r\n%b\r\n" % (len(item), item)
+                else:
+                    data = item
+                conn.write(data)
+                record("out", len(data), "", conn.id)
+                if conn.write_paused:
+                    await conn.drain(ex.send_timeout)
+            elif type(item) is Head:
+                framing, keep_alive, data = _head_bytes(ex, item, keep_alive)
+                body_allowed = ex.method != "HEAD" and item.status not in (204, 304)
+                conn.write(data)
+                head_sent = True
+                record("status", 0, str(item.status), conn.id)
+                record("out", len(data), "", conn.id)
+                if conn.write_paused:
+                    await conn.drain(ex.send_timeout)
+        if framing == "chunked" and body_allowed:
+            conn.write(b"0\r\n\r\n")
+            record("out", 5, "", conn.id)
+        if not head_sent:  # a fault swallowed the head: nothing sensible to send
+            raise Abort("no response head came through the chain", status=502)
+        record("close", 0, "eof", conn.id)
+        if framing == "close":
+            keep_alive = False
+        return keep_alive and not conn.closed
+    except Abort as abort:
+        record("fault", 0, f"{abort.fault or 'upstream'}: {abort.note}", conn.id)
+        logger.info("streamlab proxy %s: conn %d %s %s: %s", proxy.name, conn.id, ex.method, ex.target,
+                    abort.note)
+        if abort.reset:
+            conn.close(reset=True)
+            record("close", 0, "reset", conn.id)
+            return False
+        if head_sent or abort.status is None:
+            conn.close()
+            record("close", 0, "cut" if head_sent else "closed", conn.id)
+            return False
+        conn._respond_error(abort.status, abort.note, keep_alive=keep_alive, body=abort.body,
+                            content_type=abort.content_type)
+        record("close", 0, str(abort.status), conn.id)
+        return keep_alive and not conn.closed
+    except asyncio.CancelledError:
+        record("close", 0, "client closed", conn.id)  # nginx logs 499
+        raise
+    except Exception as exc:  # noqa: BLE001 - a bug in a fault: behave like a broken gateway
+        logger.exception("streamlab proxy %s: exchange failed", proxy.name)
+        record("fault", 0, f"internal error: {exc!r}", conn.id)
+        if not head_sent:
+            conn._respond_error(502, "internal error", keep_alive=False)
+        conn.close()
+        record("close", 0, "error", conn.id)
+        return False
+    finally:
+        await _cleanup(ex, gens)
+        req.body.close()
+
+async def _cleanup(ex: Exchange, gens: list[Any]) -> None:
+    for cleanup in ex.cleanups:
+        with contextlib.suppress(BaseException):
+            await cleanup()
+    seen: set[int] = set()
+    for gen in reversed(gens):  # outermost first, so none of them is running
+        if id(gen) in seen or getattr(gen, "ag_frame", True) is None:  # already finished
+            continue
+        seen.add(id(gen))
+        with contextlib.suppress(BaseException):
+            await gen.aclose()
+    if ex.upstream is not None:
+        ex.upstream.close()
+
+def _head_bytes(ex: Exchange, head: Head, keep_alive: bool) -> tuple[str, bool, bytes]:
+    """Status line and headers toward the client, and how the body will be framed."""
+    headers = [(k, v) for k, v in head.headers if k not in _DROP_FROM_UPSTREAM and not k.startswith(b"x-accel-")]
+    no_body = ex.method == "HEAD" or head.status in (204, 304) or 100 <= head.status < 200
+    if no_body or head.get(b"content-length") is not None:
+        framing = "length"
+    elif ex.version == "1.1" and ex.chunked:
+        framing = "chunked"
+        headers.append((b"transfer-encoding", b"chunked"))
+    else:
+        framing = "close"  # the end of the body is the end of the connection
+        keep_alive = False
+    reason = head.reason or b"OK"
+    out = [b"HTTP/1.1 %d %b\r\nServer: %b\r\nDate: %b\r\n" % (head.status, reason, SERVER_NAME.encode(),
+                                                                _http_date())]
+    for name, value in headers:
+        out.append(b"%b: %b\r\n" % (_title(name), value))
+    out.append(b"Connection: keep-alive\r\n\r\n" if keep_alive else b"Connection: close\r\n\r\n")
+    return framing, keep_alive, b"".join(out)
+
