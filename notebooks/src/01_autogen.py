@@ -3,26 +3,27 @@
 # %% [markdown]
 # # 01 · AutoGen: the two "streaming response cutoff" articles, pattern by pattern
 #
-# **The question.** Two articles (`000_0c2c8f7cb13c253c.txt`: *streaming response cutoff when scaling*,
-# `001_a34561085f486cbb.txt`: *streaming response cutoff*) explain why an AutoGen agent's answer stops
-# early and how to fix it. Which of their claims hold on the AutoGen we have pinned (AgentChat, Core and
-# Ext 0.7.5, openai 2.54.0)? Each pattern below runs the real `AssistantAgent` and the real
+# **The question.** Two articles by Cyprian Aarons, *How to Fix 'streaming response cutoff when scaling'
+# in AutoGen (Python)* and *How to Fix 'streaming response cutoff' in AutoGen (Python)* (neither gives a
+# date; cited below as *AutoGen scaling* and *AutoGen cutoff*), explain why an AutoGen agent's answer
+# stops early and how to fix it. Which of their claims hold on the AutoGen we have pinned (AgentChat,
+# Core and Ext 0.7.5, openai 2.54.0)? Each pattern below runs the real `AssistantAgent` and the real
 # `OpenAIChatCompletionClient` against streamlab's mock model over loopback, through a real proxy hop
 # where the pattern needs one, first the way the article calls broken, then the way it calls fixed, and
 # records what the caller sees: an exception (which one), a shorter answer with no error, or a wait.
 #
 # 0. Setup
-# 1. Streaming on a path that gets cut vs streaming off (000_0c2c8f7cb13c253c.txt)
-# 2. `max_tokens` 256 vs 2048 on a long answer (000_0c2c8f7cb13c253c.txt)
-# 3. Proxy idle timeout 30 s vs 300 s vs 3600 s (000_0c2c8f7cb13c253c.txt, 001_a34561085f486cbb.txt)
-# 4. One model client shared by several agents vs one client per agent (000_0c2c8f7cb13c253c.txt)
-# 5. Heavy synchronous work while consuming deltas vs `asyncio.to_thread` (000_0c2c8f7cb13c253c.txt)
-# 6. A backend that does not follow OpenAI streaming semantics vs a conforming one (001_a34561085f486cbb.txt)
-# 7. Breaking out of `run_stream` early vs consuming it fully (001_a34561085f486cbb.txt)
-# 8. Mixing old and new AutoGen APIs vs one API path (001_a34561085f486cbb.txt)
-# 9. A tool that raises during a streamed run vs a tool that returns a structured error (001_a34561085f486cbb.txt)
-# 10. An oversized history vs a trimmed one (001_a34561085f486cbb.txt)
-# 11. The debugging steps of both articles, and the symptom table rebuilt from this notebook's runs (000_0c2c8f7cb13c253c.txt, 001_a34561085f486cbb.txt)
+# 1. Streaming on a path that gets cut vs streaming off (Aarons, AutoGen scaling)
+# 2. `max_tokens` 256 vs 2048 on a long answer (Aarons, AutoGen scaling)
+# 3. Proxy idle timeout 30 s vs 300 s vs 3600 s (Aarons, AutoGen scaling; AutoGen cutoff)
+# 4. One model client shared by several agents vs one client per agent (Aarons, AutoGen scaling)
+# 5. Heavy synchronous work while consuming deltas vs `asyncio.to_thread` (Aarons, AutoGen scaling)
+# 6. A backend that does not follow OpenAI streaming semantics vs a conforming one (Aarons, AutoGen cutoff)
+# 7. Breaking out of `run_stream` early vs consuming it fully (Aarons, AutoGen cutoff)
+# 8. Mixing old and new AutoGen APIs vs one API path (Aarons, AutoGen cutoff)
+# 9. A tool that raises during a streamed run vs a tool that returns a structured error (Aarons, AutoGen cutoff)
+# 10. An oversized history vs a trimmed one (Aarons, AutoGen cutoff)
+# 11. The debugging steps of both articles, and the symptom table rebuilt from this notebook's runs (Aarons, AutoGen scaling; AutoGen cutoff)
 # 12. Summary
 # 13. Exercises
 
@@ -116,7 +117,7 @@ print("scenario seconds run at", sl.current_time_scale(), "wall-clock seconds ea
 # echoed back, which the recorder would count as the stream having started.
 
 # %% [markdown]
-# ## 1. Streaming on a path that gets cut vs streaming off (000_0c2c8f7cb13c253c.txt)
+# ## 1. Streaming on a path that gets cut vs streaming off (Aarons, AutoGen scaling)
 #
 # **The claim.** The most common cause of a cut-off AutoGen answer is streaming on a path (client,
 # proxy, deployment) that cannot keep the connection open under load; the article's fix is to build the
@@ -227,7 +228,7 @@ for condition, (runs, _) in conditions.items():
 # real one). Evidence: the two cells above.
 
 # %% [markdown]
-# ## 2. `max_tokens` 256 vs 2048 on a long answer (000_0c2c8f7cb13c253c.txt)
+# ## 2. `max_tokens` 256 vs 2048 on a long answer (Aarons, AutoGen scaling)
 #
 # **The claim.** A token limit that is too low (`max_tokens=256`) truncates answers in multi-turn and
 # document workflows; 2048 is the fix. Here the model wants to write 600 words.
@@ -280,7 +281,7 @@ sl.compare(broken=short, fixed=full, title="a 600-word answer: max_tokens 256 vs
 # (or call the client yourself). Evidence: the first cell of this section.
 
 # %% [markdown]
-# ## 3. Proxy idle timeout 30 s vs 300 s vs 3600 s (000_0c2c8f7cb13c253c.txt, 001_a34561085f486cbb.txt)
+# ## 3. Proxy idle timeout 30 s vs 300 s vs 3600 s (Aarons, AutoGen scaling; AutoGen cutoff)
 #
 # **The claim.** Reverse proxies (nginx, load balancers, gateways) close long-lived streams; raise
 # nginx's `proxy_read_timeout` from 30 s to 300 s (article 000) or to 3600 s (article 001).
@@ -334,7 +335,7 @@ with sl.time_scale(0.002):
 # upstream to the client's own timeout. Evidence: the first cell of this section and the hang cell.
 
 # %% [markdown]
-# ## 4. One model client shared by several agents vs one client per agent (000_0c2c8f7cb13c253c.txt)
+# ## 4. One model client shared by several agents vs one client per agent (Aarons, AutoGen scaling)
 #
 # **The claim.** Several `AssistantAgent`s sharing one model client can race under scale and cause
 # intermittent cutoffs; build one client per agent. We run 20 agents at once on one shared client and
@@ -426,7 +427,7 @@ sl.compare(**{"shared client": slowest(shared), "client per agent": slowest(per_
 # concurrent runs mixes their histories. Evidence: the first cell of this section.
 
 # %% [markdown]
-# ## 5. Heavy synchronous work while consuming deltas vs `asyncio.to_thread` (000_0c2c8f7cb13c253c.txt)
+# ## 5. Heavy synchronous work while consuming deltas vs `asyncio.to_thread` (Aarons, AutoGen scaling)
 #
 # **The claim.** CPU-heavy work in the loop that consumes the deltas (`heavy_pdf_parse(chunk)`) blocks
 # the event loop; the reader falls behind and the connection may drop. Fix: `await
@@ -574,7 +575,7 @@ with sl.time_scale(0.01), proxy.inject(hops.SendTimeout(seconds=60)):
 # and the last cell of this section.
 
 # %% [markdown]
-# ## 6. A backend that does not follow OpenAI streaming semantics vs a conforming one (001_a34561085f486cbb.txt)
+# ## 6. A backend that does not follow OpenAI streaming semantics vs a conforming one (Aarons, AutoGen cutoff)
 #
 # **The claim.** The #1 cause of a cutoff is streaming from an endpoint that does not fully support
 # OpenAI-style streaming; the fix is a backend known to stream correctly. A conforming stream ends
@@ -619,7 +620,7 @@ sl.compare(**{"conforming": semantics["conforming"], "no finish_reason": semanti
 # check the finish reason and the usage count to catch it. Evidence: the first cell of this section.
 
 # %% [markdown]
-# ## 7. Breaking out of `run_stream` early vs consuming it fully (001_a34561085f486cbb.txt)
+# ## 7. Breaking out of `run_stream` early vs consuming it fully (Aarons, AutoGen cutoff)
 #
 # **The claim.** Stopping the iteration of `run_stream` early (`break` after the first event) cuts the
 # stream before completion and makes AutoGen report a cutoff; consume the full stream, or use `run()`.
@@ -746,7 +747,7 @@ sl.compare(broken=early, fixed=whole, title="run_stream: stopped after 5 deltas 
 # `break` on the first event stops before the model is called. Evidence: the three cells above.
 
 # %% [markdown]
-# ## 8. Mixing old and new AutoGen APIs vs one API path (001_a34561085f486cbb.txt)
+# ## 8. Mixing old and new AutoGen APIs vs one API path (Aarons, AutoGen cutoff)
 #
 # **The claim.** The cutoff often comes from out-of-sync `autogen`, `autogen-agentchat` and `autogen-ext`
 # versions, whose streaming interfaces changed; check with `pip show`, keep one API generation, do not mix
@@ -829,7 +830,7 @@ sl.compare(broken=await sl.arecord(article_000_agent, expected=40), fixed=await 
 # and the scan.
 
 # %% [markdown]
-# ## 9. A tool that raises during a streamed run vs a tool that returns a structured error (001_a34561085f486cbb.txt)
+# ## 9. A tool that raises during a streamed run vs a tool that returns a structured error (Aarons, AutoGen cutoff)
 #
 # **The claim.** A tool that throws (a `KeyError` for a missing policy) bubbles up and kills the
 # assistant's stream; return a structured error instead. The mock asks for the tool with
@@ -897,7 +898,7 @@ sl.compare(broken=raising, fixed=structured, title="a tool that raises vs one th
 # for the model. Evidence: the first cell of this section.
 
 # %% [markdown]
-# ## 10. An oversized history vs a trimmed one (001_a34561085f486cbb.txt)
+# ## 10. An oversized history vs a trimmed one (Aarons, AutoGen cutoff)
 #
 # **The claim.** With a huge history some providers start generating and then fail once internal limits
 # are hit (common in long group chats); trim the history (`messages[-10:]`) before `run_stream()`.
@@ -989,7 +990,7 @@ sl.compare(broken=unbounded[-1], fixed=buffered[len(unbounded) - 1],
 # tiktoken never downloads). Evidence: the first cell of this section.
 
 # %% [markdown]
-# ## 11. The debugging steps of both articles, and the symptom table rebuilt from this notebook's runs (000_0c2c8f7cb13c253c.txt, 001_a34561085f486cbb.txt)
+# ## 11. The debugging steps of both articles, and the symptom table rebuilt from this notebook's runs (Aarons, AutoGen scaling; AutoGen cutoff)
 #
 # The articles' steps: disable streaming first (000: `stream=False`; 001: `run()` instead of
 # `run_stream()`); reduce concurrency to 1; log request and response metadata (model, `max_tokens`,

@@ -3,23 +3,24 @@
 # %% [markdown]
 # # 02 · LangChain: why a `ChatOpenAI` stream gets cut when the app scales
 #
-# **The question.** An article on LangChain (`002_243a6d15f53972a3.txt`, in `../shared/seeds/`) says a
-# stream that works on one local worker gets cut "when scaling", and blames, in this order: a handler
-# that buffers the answer, proxy buffering, gunicorn's worker timeout, sync calls in async code, clients
-# that give up, and state shared between requests. This notebook runs each pattern for real: the
-# article's FastAPI handlers with the real `langchain_openai.ChatOpenAI` inside, under real uvicorn and
-# gunicorn processes, behind real nginx, talking over loopback to streamlab's mock model. For every
-# pattern it shows the broken code failing, the fixed code working, what was measured, and whether the
-# article's explanation holds on the pinned versions.
+# **The question.** Cyprian Aarons' article *How to Fix 'streaming response cutoff when scaling' in
+# LangChain (Python)* (no date given; cited below as *LangChain scaling*) says a stream that works on
+# one local worker gets cut "when scaling", and blames, in this order: a handler that buffers the
+# answer, proxy buffering, gunicorn's worker timeout, sync calls in async code, clients that give up,
+# and state shared between requests. This notebook runs each pattern for real: the article's FastAPI
+# handlers with the real `langchain_openai.ChatOpenAI` inside, under real uvicorn and gunicorn
+# processes, behind real nginx, talking over loopback to streamlab's mock model. For every pattern it
+# shows the broken code failing, the fixed code working, what was measured, and whether the article's
+# explanation holds on the pinned versions.
 #
 # 0. Setup
-# 1. Buffered JSON vs an SSE endpoint (002_243a6d15f53972a3.txt)
-# 2. Proxy buffering on vs off (002_243a6d15f53972a3.txt)
-# 3. gunicorn --timeout 30 vs --timeout 180 (002_243a6d15f53972a3.txt)
-# 4. A sync invoke inside an async endpoint vs astream (002_243a6d15f53972a3.txt)
-# 5. A client that gives up early (002_243a6d15f53972a3.txt)
-# 6. A shared token buffer vs per-request state (002_243a6d15f53972a3.txt)
-# 7. The article's debugging steps (002_243a6d15f53972a3.txt)
+# 1. Buffered JSON vs an SSE endpoint (Aarons, LangChain scaling)
+# 2. Proxy buffering on vs off (Aarons, LangChain scaling)
+# 3. gunicorn --timeout 30 vs --timeout 180 (Aarons, LangChain scaling)
+# 4. A sync invoke inside an async endpoint vs astream (Aarons, LangChain scaling)
+# 5. A client that gives up early (Aarons, LangChain scaling)
+# 6. A shared token buffer vs per-request state (Aarons, LangChain scaling)
+# 7. The article's debugging steps (Aarons, LangChain scaling)
 # 8. LangChain's own timeouts, and what a stall does to them
 # 9. Summary
 # 10. Exercises
@@ -97,7 +98,7 @@ with nginx() as proxy:
     print("proxy in front of the apps:", proxy.kind)
 
 # %% [markdown]
-# ## 1. Buffered JSON vs an SSE endpoint (002_243a6d15f53972a3.txt)
+# ## 1. Buffered JSON vs an SSE endpoint (Aarons, LangChain scaling)
 #
 # **The claim.** The article's "most common cause": a FastAPI handler that runs `llm.astream(...)`,
 # collects every chunk and returns `{"text": ...}` is not streaming at all, so with the latency and
@@ -212,7 +213,7 @@ print(f"requests on the 4-worker server: {len(workers_per_request)}; "
 # workers without sticky sessions" is not what cuts a stream (the three cells above).
 
 # %% [markdown]
-# ## 2. Proxy buffering on vs off (002_243a6d15f53972a3.txt)
+# ## 2. Proxy buffering on vs off (Aarons, LangChain scaling)
 #
 # **The claim.** "Nginx often buffers upstream responses unless you disable it": with `proxy_buffering`
 # on (nginx's default) the client may see nothing until the response ends, and then think the stream was
@@ -292,7 +293,7 @@ for config_name, settings in CONFIGS.items():
 # (the table above).
 
 # %% [markdown]
-# ## 3. gunicorn --timeout 30 vs --timeout 180 (002_243a6d15f53972a3.txt)
+# ## 3. gunicorn --timeout 30 vs --timeout 180 (Aarons, LangChain scaling)
 #
 # **The claim.** "Gunicorn and Uvicorn workers can kill long-lived requests": with
 # `gunicorn -k uvicorn.workers.UvicornWorker --timeout 30` an LLM stream longer than 30 s is at risk;
@@ -380,7 +381,7 @@ print("gunicorn servers stopped (their logs are kept for section 7); time scale 
 # touched (the cells above). The lasting fix is `astream`, not a bigger timeout.
 
 # %% [markdown]
-# ## 4. A sync invoke inside an async endpoint vs astream (002_243a6d15f53972a3.txt)
+# ## 4. A sync invoke inside an async endpoint vs astream (Aarons, LangChain scaling)
 #
 # **The claim.** Calling `llm.invoke()` in an `async def` endpoint blocks the event loop and stalls
 # token delivery; use `astream` (or `ainvoke`).
@@ -432,7 +433,7 @@ print("longest silence in the victim's stream over 20 s:", {"broken": max(broken
 # on that worker for the whole answer; `ainvoke()` froze nothing (the cells above).
 
 # %% [markdown]
-# ## 5. A client that gives up early (002_243a6d15f53972a3.txt)
+# ## 5. A client that gives up early (Aarons, LangChain scaling)
 #
 # **The claim.** Browsers and fetch wrappers abort streams (navigation, retries, an `AbortController`
 # timer); then "LangChain will look like it cut off even though the server was still producing tokens".
@@ -460,7 +461,7 @@ print("abort after 18.5 s:   ", timed_out.outcome, "after", sum(e.get("event") =
 
 # %% [markdown]
 # **Fixed**: the client that reads to the end (its only fix is not to abort: a longer timer, or a
-# reconnect that resumes, see seeds/004).
+# reconnect that resumes, see `04_langgraph`).
 
 # %%
 print(fixed)
@@ -503,7 +504,7 @@ for seed, rid in ((1, "p5-abort-5"), (2, "p5-abort-18s"), (3, "p5-full"), (4, "p
 # as the client leaves, rather than producing on.
 
 # %% [markdown]
-# ## 6. A shared token buffer vs per-request state (002_243a6d15f53972a3.txt)
+# ## 6. A shared token buffer vs per-request state (Aarons, LangChain scaling)
 #
 # **The claim.** Streaming handlers must be stateless: "no shared mutable buffers across requests, no
 # global token accumulators unless they're keyed per request".
@@ -569,7 +570,7 @@ sl.compare(broken=alice, fixed=alice_fixed, title="alice's stream: shared buffer
 # drops some of each user's own; a per-request buffer does not (the cells above).
 
 # %% [markdown]
-# ## 7. The article's debugging steps (002_243a6d15f53972a3.txt)
+# ## 7. The article's debugging steps (Aarons, LangChain scaling)
 #
 # The article's steps, each as a runnable check.
 #
@@ -751,7 +752,7 @@ print(sorted(f"{e.tokens_sent}/{e.tokens_planned} tokens sent, {e.ended}" for e 
 # %% [markdown]
 # ## 9. Summary
 #
-# | # | pattern (002_243a6d15f53972a3.txt) | verdict | lesson |
+# | # | pattern (Aarons, LangChain scaling) | verdict | lesson |
 # |---|---|---|---|
 # | 1 | buffered JSON vs SSE | partly | a handler that collects `astream()` sends its first byte last; behind a 60 s proxy timeout a long answer becomes a `504` while the model works on for nobody. Workers, clients and sticky sessions change nothing: a stream never leaves its worker |
 # | 2 | proxy buffering on vs off | partly | nginx 1.22.1 `proxy_buffering on` passes SSE events at once; gzip on `text/event-stream` holds the whole answer. `proxy_buffering off`, `X-Accel-Buffering: no` (sent by `EventSourceResponse`) or no gzip for SSE fixes it |

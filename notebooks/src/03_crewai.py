@@ -3,15 +3,15 @@
 # %% [markdown]
 # # 03 · CrewAI: a streaming cutoff in production, checked pattern by pattern
 #
-# **The question.** The article `003_33a895b075c5eaf9.txt` ("How to Fix 'streaming response cutoff
-# in production' in CrewAI") says a crew's answer is cut off in production mostly because streaming is
-# switched on for a long, open-ended task, and lists four more causes (the token limit, a hosting
-# platform that kills requests, a gateway timeout, a tool that returns a huge payload) with their fixes
-# and a debugging routine. Which of these hold on crewai 1.15.30 with openai 2.54.0? What does a crew
-# really return or raise in each case, how many model requests does it make behind your back, and
-# where is the evidence? Every run below is the real CrewAI (`LLM`, `Agent`, `Task`, `Crew`) talking
-# HTTP over loopback to streamlab's mock model, through real hops: a load balancer with an idle
-# timeout, a serverless-style duration limit, and real nginx.
+# **The question.** Cyprian Aarons' article *How to Fix 'streaming response cutoff in production' in
+# CrewAI (Python)* (updated 2026-04-21; cited below as *CrewAI production*) says a crew's answer is cut
+# off in production mostly because streaming is switched on for a long, open-ended task, and lists four
+# more causes (the token limit, a hosting platform that kills requests, a gateway timeout, a tool that
+# returns a huge payload) with their fixes and a debugging routine. Which of these hold on crewai
+# 1.15.30 with openai 2.54.0? What does a crew really return or raise in each case, how many model
+# requests does it make behind your back, and where is the evidence? Every run below is the real CrewAI
+# (`LLM`, `Agent`, `Task`, `Crew`) talking HTTP over loopback to streamlab's mock model, through real
+# hops: a load balancer with an idle timeout, a serverless-style duration limit, and real nginx.
 #
 # 0. Setup
 # 1. Streaming a long open-ended task vs not streaming a constrained one
@@ -168,7 +168,7 @@ body = mock.journal.last.body
 print("\nits request body:", {k: body.get(k) for k in ("model", "stream", "stream_options")})
 
 # %% [markdown]
-# ## 1. Streaming a long open-ended task vs not streaming a constrained one (003_33a895b075c5eaf9.txt)
+# ## 1. Streaming a long open-ended task vs not streaming a constrained one (Aarons, CrewAI production)
 #
 # **The claim.** The most common cause, says the article, is a mismatch between streaming and the shape
 # of the task: `stream=True` on the LLM and an agent asked to "write everything it finds". Its fix
@@ -297,7 +297,7 @@ print("the answer's first sentence appears", text.count(streaming.result.raw.spl
 # new LLM call (`LLMCallStartedEvent`), or stream only after a call has completed.
 
 # %% [markdown]
-# ## 2. Output over the token limit vs split tasks or a raised max_tokens (003_33a895b075c5eaf9.txt)
+# ## 2. Output over the token limit vs split tasks or a raised max_tokens (Aarons, CrewAI production)
 #
 # **The claim.** A task that asks for too much ("a full 40-page policy analysis") runs into the output
 # token limit and the provider stops mid-response. Fix: split the work into smaller tasks, or raise the
@@ -365,7 +365,7 @@ sl.compare(broken=capped[1], fixed=raised[1], **{"split into 4 tasks": split[1]}
 # tasks fix it, and split tasks must be read from `tasks_output` (evidence: the cell above).
 
 # %% [markdown]
-# ## 3. A platform that kills requests after 60 s vs a background job (003_33a895b075c5eaf9.txt)
+# ## 3. A platform that kills requests after 60 s vs a background job (Aarons, CrewAI production)
 #
 # **The claim.** Serverless functions and short-lived containers cut a request off while CrewAI is still
 # running. Fix: don't run `crew.kickoff()` in a synchronous HTTP handler; run it as a background job
@@ -509,7 +509,7 @@ sl.compare(broken=killed, fixed=polled, title="a 60 s platform limit, an 81 s cr
 # (evidence: the two cells above).
 
 # %% [markdown]
-# ## 4. A 60 s gateway timeout vs moving the run off the request path (003_33a895b075c5eaf9.txt)
+# ## 4. A 60 s gateway timeout vs moving the run off the request path (Aarons, CrewAI production)
 #
 # **The claim.** nginx, API gateways and load balancers terminate idle requests; the article quotes
 # `proxy_read_timeout 60s; proxy_send_timeout 60s;`. If the task can run longer, move it off the
@@ -553,7 +553,7 @@ sl.compare(broken=gateway, fixed=job_tokens, title="nginx proxy_read_timeout 60s
 # (evidence: the two cells above).
 
 # %% [markdown]
-# ## 5. A tool that returns a huge payload vs a paginated one (003_33a895b075c5eaf9.txt)
+# ## 5. A tool that returns a huge payload vs a paginated one (Aarons, CrewAI production)
 #
 # **The claim.** A tool that returns a massive, unbounded JSON payload can trigger truncation
 # downstream; return paginated or summarized data (`{"count": 50, "items": recent_items[:50]}`).
@@ -647,7 +647,7 @@ sl.compare(broken=tool_rows[1][1], fixed=tool_rows[2][1], **{"CrewAI defaults": 
 # not a truncation. The paginated tool is still the cheapest: 2 small requests (evidence: the cells above).
 
 # %% [markdown]
-# ## 6. The article's debugging steps (003_33a895b075c5eaf9.txt)
+# ## 6. The article's debugging steps (Aarons, CrewAI production)
 #
 # **Step 1: disable streaming first.** "If the issue disappears, the problem is likely transport or
 # runtime related." The same broken crew with only `stream` flipped, under the faults of section 1:

@@ -3,14 +3,15 @@
 # %% [markdown]
 # # 04 · LangGraph: streaming response cutoff when scaling
 #
-# **The question.** The article `004_514ff2bee9a6449c.txt` ("How to Fix 'streaming response cutoff when
-# scaling' in LangGraph") says a LangGraph stream that works on a laptop gets cut once it runs behind
-# several workers, a buffering proxy or a platform timeout, and names five causes with a fix for each,
-# plus four debugging steps. Which of those cutoffs happen with the pinned LangGraph 1.2.22, FastAPI
-# 0.165, uvicorn 0.54, gunicorn 27 and nginx, what does the client actually see, and do the fixes as
-# written work? Every run below is a real `StateGraph` whose nodes call `langchain_openai.ChatOpenAI`
-# on streamlab's mock model, served by real uvicorn and gunicorn processes, behind real nginx (or
-# streamlab's embedded proxy where nginx is not installed or has no such setting).
+# **The question.** Cyprian Aarons' article *How to Fix 'streaming response cutoff when scaling' in
+# LangGraph (Python)* (updated 2026-04-21; cited below as *LangGraph scaling*) says a LangGraph stream
+# that works on a laptop gets cut once it runs behind several workers, a buffering proxy or a platform
+# timeout, and names five causes with a fix for each, plus four debugging steps. Which of those cutoffs
+# happen with the pinned LangGraph 1.2.22, FastAPI 0.165, uvicorn 0.54, gunicorn 27 and nginx, what does
+# the client actually see, and do the fixes as written work? Every run below is a real `StateGraph`
+# whose nodes call `langchain_openai.ChatOpenAI` on streamlab's mock model, served by real uvicorn and
+# gunicorn processes, behind real nginx (or streamlab's embedded proxy where nginx is not installed or
+# has no such setting).
 #
 # 0. Setup
 # 1. Sync multi-worker WSGI behind a buffering proxy vs an ASGI SSE endpoint
@@ -68,7 +69,7 @@ app_b = sl.Uvicorn("streamlab.frameworks.langgraph:create_app", extra_args=["--f
 print("running:", sorted(type(s).__name__ for s in sl.running_servers()))
 
 # %% [markdown]
-# ## 1. Sync multi-worker WSGI behind a buffering proxy vs an ASGI SSE endpoint (004_514ff2bee9a6449c.txt)
+# ## 1. Sync multi-worker WSGI behind a buffering proxy vs an ASGI SSE endpoint (Aarons, LangGraph scaling)
 #
 # **The claim.** The article's most common cause: a stream served by a generic multi-worker WSGI
 # deployment behind a proxy with buffering on gets cut, because the stack does not keep one
@@ -232,7 +233,7 @@ except ValueError as exc:
 # written streams no tokens and sends a Python repr no SSE client can JSON-parse (last two cells).
 
 # %% [markdown]
-# ## 2. A slow node vs a fast node that enqueues the work (004_514ff2bee9a6449c.txt)
+# ## 2. A slow node vs a fast node that enqueues the work (Aarons, LangGraph scaling)
 #
 # **The claim.** A node that takes longer than a proxy's or platform's timeout makes the stream look
 # cut off although the graph is fine; keep nodes short and push long work out of band: a fast node
@@ -289,7 +290,7 @@ print("polls:", len(polls), "| status seen by the client:", polls[-1]["status"])
 # with no event; the fast node plus polling completes through the same hop (see *Measured*).
 
 # %% [markdown]
-# ## 3. Sync `graph.stream()` in an async endpoint vs `astream()` (004_514ff2bee9a6449c.txt)
+# ## 3. Sync `graph.stream()` in an async endpoint vs `astream()` (Aarons, LangGraph scaling)
 #
 # **The claim.** `graph.stream()` inside an `async def` endpoint blocks the event loop and causes
 # blocking and partial delivery under load; use `astream()` in async routes.
@@ -338,7 +339,7 @@ sl.compare(broken=max(sync_runs, key=lambda r: r.e2e), fixed=max(async_runs, key
 # complete, late. `astream()` fixes the blocking.
 
 # %% [markdown]
-# ## 4. State that grows on every step vs trimmed state (004_514ff2bee9a6449c.txt)
+# ## 4. State that grows on every step vs trimmed state (Aarons, LangGraph scaling)
 #
 # **The claim.** If the state grows on every step, serializing it can get slow enough that upstream
 # systems cut the response; trim it. The article's two nodes, run in a loop of a `StateGraph(dict)`
@@ -399,7 +400,7 @@ sl.compare(broken=grows, fixed=trimmed, title="1000 steps, every state streamed:
 # tables above).
 
 # %% [markdown]
-# ## 5. Blind retries of a streamed request vs idempotent handling (004_514ff2bee9a6449c.txt)
+# ## 5. Blind retries of a streamed request vs idempotent handling (Aarons, LangGraph scaling)
 #
 # **The claim.** An orchestration layer that retries a streamed request on timeout, without
 # idempotency, starts a second run on another worker while the first is still going, which looks like
@@ -470,7 +471,7 @@ sl.compare(broken=blind, fixed=safe, title="model needs 45 s to its first token,
 # and no answer; no retry, keep-alive and an idempotency key gave a complete answer and one ticket.
 
 # %% [markdown]
-# ## 6. The article's debugging steps (004_514ff2bee9a6449c.txt)
+# ## 6. The article's debugging steps (Aarons, LangGraph scaling)
 #
 # **Step 1: check where the stream stops; log every emitted event.** First, what each `stream_mode`
 # emits for the one-node model graph, and whether the model request was streamed at all:
