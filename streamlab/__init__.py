@@ -23,6 +23,7 @@ from ._nginx import NginxProxy, nginx_available, proxy_for
 from ._offline import NetworkBlocked, offline
 from ._playground import playground, run_scenario
 from ._proxy import Proxy
+from ._redis import RedisServer, RedisUnavailable, redis_available
 from ._plots import Comparison, compare, plot_hops, plot_runs, table
 from ._recorder import Outcome, Run, StreamErrorEvent, arecord, record
 from ._servers import Server, running_servers, stop_all
@@ -44,6 +45,7 @@ __all__ = [
     "HopLog", "HopEvent",
     "Server", "running_servers", "stop_all",
     "Proxy", "NginxProxy", "proxy_for", "nginx_available",
+    "RedisServer", "RedisUnavailable", "redis_available",
     "AppServer", "Uvicorn", "Gunicorn", "LogLine", "Balancer",
     "HTTPStream", "StreamResult", "read_stream", "app_event", "Abort", "SlowReader", "ClientTimeout", "TotalTimeout",
     "offline", "NetworkBlocked",

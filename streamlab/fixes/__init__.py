@@ -7,9 +7,16 @@
 | ``heartbeat(source, every=15)`` | SSE ``: ping`` comments into a silent generator of frames | 06_fixes (planned) |
 | ``Heartbeat(app, every=15)`` | the same as plain ASGI middleware for any ``text/event-stream`` response | 06_fixes (planned) |
 | ``guard(stream)`` | raise ``IncompleteStream`` when a stream ends without finish_reason, with ``length``, or short of its usage | 06_fixes (planned) |
+| ``ResumableRuns(store)`` | model call decoupled from the request; events with ids in a store; ``Last-Event-ID`` replay from any worker | 06_fixes (planned) |
+| ``RedisStore(url)``, ``InMemoryStore()`` | the event store: one Redis Stream per run (``XADD``/``XREAD``), or one process's memory | 06_fixes (planned) |
+| ``resume_stream(url)`` | Python SSE client that reconnects with ``Last-Event-ID`` and yields each event once | 06_fixes (planned) |
 """
 
 from ._guard import IncompleteStream, LengthTruncation, UsageMismatch, guard
 from ._heartbeat import PING, Heartbeat, heartbeat
+from ._resume import (EventStore, InMemoryStore, RedisStore, ResumableRuns, ResumableStream, SSEEvent, StoredEvent,
+                      new_run_id, resume_stream)
 
-__all__ = ["heartbeat", "Heartbeat", "PING", "guard", "IncompleteStream", "LengthTruncation", "UsageMismatch"]
+__all__ = ["heartbeat", "Heartbeat", "PING", "guard", "IncompleteStream", "LengthTruncation", "UsageMismatch",
+           "ResumableRuns", "EventStore", "InMemoryStore", "RedisStore", "StoredEvent", "resume_stream",
+           "ResumableStream", "SSEEvent", "new_run_id"]
