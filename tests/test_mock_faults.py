@@ -109,7 +109,7 @@ def test_rate_limit_429_with_retry_after(mock):
     assert r.json()["error"]["code"] == "rate_limit_exceeded"
     run = stream_run(mock, RateLimited(retry_after=1))
     assert isinstance(run.error, openai.RateLimitError)
-    assert run.outcome is sl.Outcome.ERROR_BEFORE_STREAM
+    assert run.outcome is sl.Outcome.HTTP_ERROR and run.status == 429  # the recorder's outcome since 5f7f03d
 
 
 def test_sdk_retries_a_429_then_succeeds(mock):
@@ -123,7 +123,7 @@ def test_sdk_retries_a_429_then_succeeds(mock):
 def test_server_error_500(mock):
     run = stream_run(mock, ServerError())
     assert isinstance(run.error, openai.InternalServerError)
-    assert run.outcome is sl.Outcome.ERROR_BEFORE_STREAM
+    assert run.outcome is sl.Outcome.HTTP_ERROR and run.status == 500
 
 
 def test_context_window_400(mock):

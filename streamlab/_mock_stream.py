@@ -1,0 +1,200 @@
+"""The pipeline that shapes one answer: plan the tokens, then send them through the fault chain.
+
+    request -> [faults] -> headers -> start -> token 0 .. token n-1 -> finish -> usage? -> done
+
+Token ``i`` is due at ``TTFT + i * ITL`` (+ seeded, bounded jitter) after the request arrived; a
+stall shifts the rest of the schedule (``Exchange.offset``). The bytes are shaped here, in plain
+ASGI ``send`` calls (STYLE.md, item 9). The body reaching this module has passed
+``streamlab._validate.parse_body``, so every field read here has the type the schema promises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from typing import TYPE_CHECKING, Any
+
+from ._events import Event, Fault
+from ._mock_exchange import Ended as _Ended
+from ._mock_exchange import Exchange
+from ._mock_exchange import Truncated as _Truncated
+from ._mock_journal import MAX_ENTRY_SAMPLES
+from ._text import echo_tokens, generate
+from ._timescale import to_real
+from ._validate import content_text as _content_text
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ._mock import MockApp
+
+__all__ = ["plan", "respond", "run_chain", "example_arguments"]
+
+
+def plan(app: "MockApp", ex: Exchange, options: dict[str, Any]) -> tuple[list[str], dict | None, str]:
+    """The tokens to send, an optional tool call, and the finish reason."""
+    body = ex.body
+    n = int(options["tokens"])
+    last = body["messages"][-1]
+    tools = body.get("tools") or []
+    tool_mode = str(options.get("tools") or "auto")
+    if tools and tool_mode != "off" and body.get("tool_choice") != "none" and last.get("role") != "tool":
+        names = [t.get("function", {}).get("name") for t in tools if isinstance(t, dict)]
+        name = tool_mode if tool_mode in names else names[0]
+        schema = next(t["function"].get("parameters") or {} for t in tools if t["function"].get("name") == name)
+        arguments = json.dumps(app.tool_arguments.get(name) or example_arguments(schema))
+        pieces = [arguments[i:i + 8] for i in range(0, len(arguments), 8)] or [""]
+        call = {"id": f"call_{ex.entry.id}_0", "name": name, "arguments": arguments}
+        return pieces, call, "tool_calls"
+    if last.get("role") == "tool":
+        result = _content_text(last.get("content"))
+        lead = ["Tool", " result:"] + [" " + w for w in result.split()[:8]] + [" ."]
+        rest = generate(n, int(options["seed"]))
+        tokens = (lead + [" " + rest[0]] + rest[1:])[:n] if rest else lead[:n]
+    elif options.get("echo"):
+        tokens = echo_tokens(ex.entry.last_user_message, n)
+    else:
+        tokens = generate(n, int(options["seed"]))
+    finish = "stop"
+    if ex.max_tokens is not None and ex.max_tokens < len(tokens):
+        tokens, finish = tokens[: ex.max_tokens], "length"
+    return tokens, None, finish
+
+async def run_chain(faults: list[Fault], event: Event, ex: Exchange) -> Event | None:
+    for fault in faults:
+        event = await fault.act(event, ex)
+        if event is None:
+            return None
+    return event
+
+async def respond(app: "MockApp", ex: Exchange, faults: list[Fault], options: dict[str, Any]) -> None:
+    t0 = ex.entry.t_start
+    await run_chain(faults, Event("request"), ex)
+    tokens, call, finish = plan(app, ex, options)
+    ex.entry.tokens_planned = len(tokens)
+    ttft, itl, jitter = (to_real(float(options[k])) for k in ("ttft", "itl", "jitter"))
+    rng = random.Random(int(options["seed"]))
+    cid = f"chatcmpl-streamlab-{ex.entry.id}"
+    created = int(time.time())
+    model = json.dumps(ex.body.get("model") or app.model).encode()
+    include_usage = bool((ex.body.get("stream_options") or {}).get("include_usage"))
+
+    def deadline(i: int) -> float:
+        jit = rng.uniform(-jitter, jitter) if jitter else 0.0
+        return t0 + ex.offset + ttft + i * itl + jit
+
+    async def wait_for_token(i: int) -> None:
+        due = deadline(i)
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if ex.is_disconnected():
+            raise _Ended
+        late = time.perf_counter() - due
+        if len(ex.entry.lateness) < MAX_ENTRY_SAMPLES:
+            ex.entry.lateness.append(late)
+        app.lateness.append(late)
+
+    usage = lambda: {"prompt_tokens": ex.prompt_tokens, "completion_tokens": ex.entry.tokens_sent,  # noqa: E731
+                     "total_tokens": ex.prompt_tokens + ex.entry.tokens_sent}
+
+    if not ex.stream:
+        content: list[str] = []
+        finish_reason: str | None = finish
+        try:
+            for i, token in enumerate(tokens):
+                await wait_for_token(i)
+                await run_chain(faults, Event("token", i), ex)
+                content.append(token)
+                ex.entry.tokens_sent += 1
+            await run_chain(faults, Event("finish", len(tokens)), ex)
+        except _Truncated:
+            finish_reason = None
+        message: dict[str, Any] = {"role": "assistant", "content": None if call else "".join(content)}
+        if call:
+            message["tool_calls"] = [{"id": call["id"], "type": "function",
+                                      "function": {"name": call["name"], "arguments": "".join(content)}}]
+        payload = {"id": cid, "object": "chat.completion", "created": created, "model": json.loads(model),
+                   "choices": [{"index": 0, "message": message, "logprobs": None,
+                                "finish_reason": finish_reason}],
+                   "usage": usage(), "system_fingerprint": None}
+        data = json.dumps(payload).encode()
+        if ex.malformed_body:
+            data = data[: len(data) // 2]
+        event = await run_chain(faults, Event("body", data=data), ex)
+        await ex.start_response(200, [(b"content-type", b"application/json"),
+                                      (b"content-length", str(len(event.data if event else b"")).encode())])
+        await ex._send({"type": "http.response.body", "body": event.data if event else b"", "more_body": False})
+        ex.note("out", nbytes=len(event.data if event else b""))
+        ex.entry.finish_reason = finish_reason
+        if ex.entry.ended == "open":
+            ex.entry.ended = "complete"
+        return
+
+    await ex.start_response(200, [(b"content-type", b"text/event-stream; charset=utf-8"),
+                                  (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")])
+    head = b'data: {"id":"' + cid.encode() + b'","object":"chat.completion.chunk","created":' + \
+        str(created).encode() + b',"model":' + model + b',"system_fingerprint":null,"choices":['
+
+    def chunk(delta: bytes, reason: str | None = None) -> bytes:
+        fr = b"null" if reason is None else b'"' + reason.encode() + b'"'
+        return head + b'{"index":0,"delta":' + delta + b',"logprobs":null,"finish_reason":' + fr + b"}]}\n\n"
+
+    start = await run_chain(faults, Event("start", 0, chunk(b'{"role":"assistant","content":""}')), ex)
+    if start is not None:
+        await ex.write(start.data)
+    for i, token in enumerate(tokens):
+        await wait_for_token(i)
+        if call is None:
+            delta = b'{"content":' + json.dumps(token).encode() + b"}"
+        else:
+            function = {"arguments": token}
+            if i == 0:
+                function = {"name": call["name"], "arguments": token}
+            tc: dict[str, Any] = {"index": 0, "function": function}
+            if i == 0:
+                tc.update(id=call["id"], type="function")
+            delta = json.dumps({"tool_calls": [tc]}).encode()
+        data: bytes | None = chunk(delta)
+        if faults:  # the common no-fault path skips building an Event per token
+            event = await run_chain(faults, Event("token", i, data), ex)
+            data = None if event is None else event.data
+        if data is not None:
+            await ex.write(data)
+        ex.entry.tokens_sent += 1
+    event = await run_chain(faults, Event("finish", len(tokens), chunk(b"{}", finish)), ex)
+    if event is not None:
+        await ex.write(event.data)
+        ex.entry.finish_reason = finish
+    if include_usage:
+        usage_chunk = head + b'],"usage":' + json.dumps(usage()).encode() + b"}\n\n"
+        event = await run_chain(faults, Event("usage", 0, usage_chunk), ex)
+        if event is not None:
+            await ex.write(event.data)
+    event = await run_chain(faults, Event("done", 0, b"data: [DONE]\n\n"), ex)
+    if event is not None:
+        await ex.write(event.data)
+    await ex.finish_body()
+    if ex.entry.ended == "open":
+        ex.entry.ended = "complete"
+    ex.note("close", "complete")
+
+
+
+def example_arguments(schema: dict) -> dict:
+    """Deterministic arguments that satisfy a JSON schema's required properties."""
+    examples = {"string": "demo", "integer": 1, "number": 1.0, "boolean": True, "array": [], "object": {}}
+    props = schema.get("properties") or {}
+    required = schema.get("required") or list(props)
+    return {k: examples.get(_type_of(props.get(k)), "demo") for k in required}
+
+
+def _type_of(prop: Any) -> str:
+    """A property's JSON type: ``"string"`` unless it names one (``["integer", "null"]`` -> ``"integer"``)."""
+    kind = prop.get("type", "string") if isinstance(prop, dict) else "string"
+    if isinstance(kind, list):
+        kind = next((k for k in kind if isinstance(k, str) and k != "null"), "string")
+    return kind if isinstance(kind, str) else "string"
+
+
+_example_arguments = example_arguments
