@@ -8,20 +8,61 @@ import sys
 from . import faults as _faults
 
 
+def _option(name: str):
+    """An argparse ``type=`` that checks a value against the mock's limits (``streamlab._spec``)."""
+    def parse(text: str):
+        from . import _spec
+
+        try:
+            return _spec.check_option(name, text, raw=True)
+        except _faults.SpecError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    parse.__name__ = name  # argparse names the type in its messages
+    return parse
+
+
+def _spec_arg(text: str) -> str:
+    try:
+        _faults.parse(text)
+    except _faults.SpecError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is a whole number from 0 to 65535, not {text!r}")
+    return int(text)
+
+
+def _scale(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 < value <= 1000):
+        raise argparse.ArgumentTypeError(f"the time scale is a number above 0 and at most 1000, not {text!r}")
+    return value
+
+
 def _mock_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("mock", help="run the mock OpenAI-compatible model server",
                        description="Run the mock model on 127.0.0.1. Clients choose faults per request with the "
                                    "URL prefix /s/<spec>/v1 or the X-Streamlab header; --fault sets a default "
-                                   f"for every request. Faults: {', '.join(_faults.names())}.")
-    p.add_argument("--port", type=int, default=0, help="port to bind (default: a free one, printed)")
-    p.add_argument("--tokens", type=int, default=32, help="tokens per answer (default 32)")
-    p.add_argument("--ttft", type=float, default=0.0, help="time to first token, scenario seconds")
-    p.add_argument("--itl", type=float, default=0.0, help="inter-token latency, scenario seconds")
-    p.add_argument("--jitter", type=float, default=0.0, help="bounded seeded jitter, scenario seconds")
-    p.add_argument("--seed", type=int, default=0)
+                                   f"for every request. Faults: {', '.join(_faults.names())}. Limits: tokens "
+                                   "0..100000, durations 0..86400 scenario seconds (see streamlab.faults).")
+    p.add_argument("--port", type=_port, default=0, help="port to bind (default: a free one, printed)")
+    p.add_argument("--tokens", type=_option("tokens"), default=32, help="tokens per answer (default 32, at most 100000)")
+    p.add_argument("--ttft", type=_option("ttft"), default=0.0, help="time to first token, scenario seconds")
+    p.add_argument("--itl", type=_option("itl"), default=0.0, help="inter-token latency, scenario seconds")
+    p.add_argument("--jitter", type=_option("jitter"), default=0.0, help="bounded seeded jitter, scenario seconds")
+    p.add_argument("--seed", type=_option("seed"), default=0)
     p.add_argument("--echo", action="store_true", help="answer with the words of the last user message")
-    p.add_argument("--fault", default="", help="default spec for every request, e.g. 'cut@12' or 'stall@5=30'")
-    p.add_argument("--time-scale", type=float, default=None, help="wall-clock seconds per scenario second")
+    p.add_argument("--fault", type=_spec_arg, default="",
+                   help="default spec for every request, e.g. 'cut@12' or 'stall@5=30'")
+    p.add_argument("--time-scale", type=_scale, default=None, help="wall-clock seconds per scenario second")
     p.add_argument("--no-journal", action="store_true", help="keep no request journal (benchmarks)")
 
 
@@ -37,14 +78,14 @@ def run_mock(args: argparse.Namespace) -> int:
         time_scale(args.time_scale)
     try:
         default_faults, options = _faults.parse(args.fault)
+        settings = dict(tokens=args.tokens, ttft=args.ttft, itl=args.itl, jitter=args.jitter, seed=args.seed,
+                        echo=args.echo)
+        settings.update({k: v for k, v in options.items() if k in settings})
+        app = MockApp(faults=default_faults, journal_size=1 if args.no_journal else 2000,
+                      record_events=not args.no_journal, **settings)
     except _faults.SpecError as exc:
-        print(f"streamlab mock: {exc}", file=sys.stderr)
+        print(f"streamlab mock: error: {exc}", file=sys.stderr)
         return 2
-    settings = dict(tokens=args.tokens, ttft=args.ttft, itl=args.itl, jitter=args.jitter, seed=args.seed,
-                    echo=args.echo)
-    settings.update({k: v for k, v in options.items() if k in settings})
-    app = MockApp(faults=default_faults, journal_size=1 if args.no_journal else 2000,
-                  record_events=not args.no_journal, **settings)
     from ._servers import bound_socket
 
     try:
