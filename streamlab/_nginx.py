@@ -21,6 +21,27 @@ rewrites the config and reloads (SIGHUP; streams in flight finish on the old
 worker) and waits until the new config answers. Works as root (workers run as
 root) and as a normal user.
 
+The request limits have the embedded proxy's names and defaults (nginx's own):
+``client_header_timeout``, ``client_body_timeout``, ``large_client_header_buffers``,
+``client_max_body_size``, and ``proxy_buffer_size`` for responses when no
+``Buffering`` fault applies (``streamlab/_http.py`` has what nginx does with each).
+
+Lifetime: nothing outlives the Python process, however it ends.
+
+* The master is forked by ``_lifetime.popen`` (``PR_SET_PDEATHSIG`` SIGKILL, from a
+  thread that lives as long as the process): it dies with its parent.
+* nginx *workers* do not notice a dead master (measured on 1.22.1: a worker was
+  still serving 3 s after ``kill -9`` of its master), and the death signal is not
+  inherited by them. So each ``NginxProxy`` also starts a watchdog, a ``sh`` in a
+  session of its own blocked reading a pipe whose only writer is this process: when
+  the process goes (SIGKILL, SIGTERM, a crash), the pipe reports EOF and the
+  watchdog SIGKILLs nginx's process group (master and workers) and removes the
+  temp dir. A clean ``stop()`` (also at ``atexit``) stops nginx itself, removes
+  the dir and then the watchdog.
+* Each temp dir (``streamlab-nginx-*``) holds ``owner`` (this process's pid and
+  nginx's process group); ``start()`` sweeps the dirs of owners that are gone
+  (and any nginx still running in them), in case a watchdog was killed too.
+
 Durations are scenario seconds, converted with ``to_real()`` when the config is
 written. nginx's timers are lazy by up to 300 ms (``NGX_TIMER_LAZY_DELAY``): a
 timeout can fire up to 0.3 s of *wall-clock* time early, so keep scaled timeouts
@@ -30,7 +51,6 @@ well above 0.3 s when comparing against real nginx.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import re
 import shutil
@@ -43,29 +63,27 @@ import time
 from functools import lru_cache
 from typing import Any, Iterable
 
-from ._proxy import (Configurable, Fault, Noop, Proxy, Rule, RuleSet, _parse_upstream, as_rules, chain_for,
-                     profile_rules)
+from . import _lifetime
+from ._hopbase import Fault, Noop, Rule
+from ._http import UNBUFFERED_RESPONSE_HEAD, _parse_upstream, check_bind_host, parse_size
+from ._proxy import Proxy
+from ._rules import Configurable, RuleSet, as_rules, chain_for, profile_rules
 from ._servers import Server, free_port
 from ._timeline import HopLog
 from ._timescale import to_real
 
 __all__ = ["NginxProxy", "NginxUnsupported", "nginx_available", "nginx_version", "nginx_conf", "proxy_for",
-           "NGINX_BINARY"]
+           "NGINX_BINARY", "sweep_stale_workdirs"]
 
 NGINX_BINARY = os.environ.get("STREAMLAB_NGINX", "/usr/sbin/nginx")
 GENERATION_PATH = "/__streamlab__/generation"
 TIMER_SLACK = 0.3  # seconds nginx may fire a timer early (NGX_TIMER_LAZY_DELAY)
 _FOREVER = "1d"    # "no such timeout": nginx needs some value
 
-try:  # for PR_SET_PDEATHSIG: nginx must not outlive the Python process that started it
-    _prctl = ctypes.CDLL(None, use_errno=True).prctl
-except (OSError, AttributeError):  # pragma: no cover - not Linux
-    _prctl = None
-
-
-def _child_setup() -> None:  # between fork and exec
-    if _prctl is not None:
-        _prctl(1, signal.SIGTERM)
+TEMP_PREFIX = "streamlab-nginx-"
+OWNER_FILE = "owner"  # "<owner pid> <nginx process group>" in every temp dir
+# the watchdog: blocks on a pipe only this process writes; EOF = this process is gone
+_WATCHDOG = 'read _ ; kill -KILL -- -"$1" 2>/dev/null; rm -rf -- "$2"'
 
 
 class NginxUnsupported(ValueError):
@@ -110,7 +128,7 @@ def _size(n: int) -> str:
     return f"{n // 1024}k" if n and n % 1024 == 0 else str(n)
 
 
-def _directives(faults: list[Fault]) -> list[str]:
+def _directives(faults: list[Fault], proxy_buffer_size: int = UNBUFFERED_RESPONSE_HEAD) -> list[str]:
     """nginx directives for one location, every one explicit (absent fault = no such behaviour)."""
     from . import hops
 
@@ -126,9 +144,10 @@ def _directives(faults: list[Fault]) -> list[str]:
     ]
     buffering = by_type.get(hops.Buffering)
     if buffering is None:
-        # unbuffered, and room for any sane response head (nginx checks the sizes against each other)
-        out += ["proxy_buffering off;", "proxy_buffer_size 64k;", "proxy_buffers 4 64k;",
-                "proxy_busy_buffers_size 128k;"]
+        # unbuffered; proxy_buffer_size bounds the response head (nginx checks the sizes against each other)
+        size = max(proxy_buffer_size, 4096)
+        out += ["proxy_buffering off;", f"proxy_buffer_size {_size(size)};", f"proxy_buffers 4 {_size(size)};",
+                f"proxy_busy_buffers_size {_size(2 * size)};"]
     else:
         count, size = buffering.buffers
         if count < 2:
@@ -181,9 +200,17 @@ def check_supported(rules: Iterable[Rule]) -> None:
 
 def nginx_conf(*, upstream: Any, port: int, rules: Iterable[Rule] = (), workdir: str = "/tmp/streamlab-nginx",
                proxy_http_version: str = "1.0", keepalive_timeout: float = 75.0,
-               client_header_timeout: float = 60.0, generation: int = 1) -> str:
+               client_header_timeout: float = 60.0, client_body_timeout: float = 60.0,
+               large_client_header_buffers: tuple[int, Any] = (4, "8k"), client_max_body_size: Any = "1m",
+               proxy_buffer_size: Any = UNBUFFERED_RESPONSE_HEAD, host: str = "127.0.0.1",
+               generation: int = 1) -> str:
     """The nginx.conf for these rules (see the module docstring). Pure: nothing is started."""
     rules = tuple(rules)
+    count, size = large_client_header_buffers
+    buffers = f"{int(count)} {_size(parse_size(size, 'large_client_header_buffers'))}"
+    max_body = _size(parse_size(client_max_body_size, "client_max_body_size"))
+    head_size = parse_size(proxy_buffer_size, "proxy_buffer_size")
+    listen = f"[{host}]" if ":" in host else host
     check_supported(rules)
     host, up_port, base = _parse_upstream(upstream)
     target = f"http://{host}:{up_port}{base}$request_uri" if base else f"http://{host}:{up_port}"
@@ -206,12 +233,13 @@ def nginx_conf(*, upstream: Any, port: int, rules: Iterable[Rule] = (), workdir:
         f"    fastcgi_temp_path {w}/fastcgi;",
         f"    uwsgi_temp_path {w}/uwsgi;",
         f"    scgi_temp_path {w}/scgi;",
-        "    client_max_body_size 0;",
-        "    large_client_header_buffers 4 32k;",
+        f"    client_max_body_size {max_body};",
+        f"    large_client_header_buffers {buffers};",
         f"    keepalive_timeout {_ms(keepalive_timeout)};",
         f"    client_header_timeout {_ms(client_header_timeout)};",
+        f"    client_body_timeout {_ms(client_body_timeout)};",
         "    server {",
-        f"        listen 127.0.0.1:{port};",
+        f"        listen {listen}:{port};",
         f"        location = {GENERATION_PATH} {{ access_log off; return 200 \"{generation}\"; }}",
     ]
     for prefix in prefixes:
@@ -219,7 +247,7 @@ def nginx_conf(*, upstream: Any, port: int, rules: Iterable[Rule] = (), workdir:
         lines.append(f"        location {prefix} {{")
         lines.append(f"            proxy_pass {target};")
         lines.append(f"            proxy_http_version {proxy_http_version};")
-        lines.extend(f"            {d}" for d in _directives(faults))
+        lines.extend(f"            {d}" for d in _directives(faults, head_size))
         lines.append("        }")
     lines += ["    }", "}", ""]
     return "\n".join(lines)
@@ -233,7 +261,9 @@ class NginxProxy(Configurable, Server):
 
     Keyword-only settings, the same as ``Proxy``: ``upstream``, ``faults``, ``profile``,
     ``proxy_http_version``, ``keepalive_timeout``, ``client_header_timeout``,
-    ``name``, ``port`` (``record`` is accepted and ignored: nginx keeps its own logs).
+    ``client_body_timeout``, ``large_client_header_buffers``, ``client_max_body_size``,
+    ``proxy_buffer_size``, ``name``, ``port``, ``host`` + ``allow_non_loopback``
+    (``record`` is accepted and ignored: nginx keeps its own logs).
 
     ``config`` is the generated nginx.conf, ``log_lines(grep)`` nginx's error log,
     ``log`` a ``HopLog`` built from nginx's access log (one open/status/out/close
@@ -245,9 +275,12 @@ class NginxProxy(Configurable, Server):
 
     def __init__(self, *, upstream: Any, faults: Iterable[Any] = (), profile: str | None = None,
                  proxy_http_version: str = "1.0", keepalive_timeout: float = 75.0,
-                 client_header_timeout: float = 60.0, record: bool = True, name: str = "nginx",
-                 port: int = 0) -> None:
+                 client_header_timeout: float = 60.0, client_body_timeout: float = 60.0,
+                 large_client_header_buffers: tuple[int, Any] = (4, "8k"), client_max_body_size: Any = "1m",
+                 proxy_buffer_size: Any = UNBUFFERED_RESPONSE_HEAD, record: bool = True, name: str = "nginx",
+                 port: int = 0, host: str = "127.0.0.1", allow_non_loopback: bool = False) -> None:
         super().__init__()
+        self.host = check_bind_host(host, allow_non_loopback, "nginx (NginxProxy)")
         if not nginx_available():
             raise RuntimeError("nginx is not installed (apt-get install nginx-light); use the embedded Proxy")
         self.kind = f"real nginx {nginx_version()}"
@@ -256,8 +289,17 @@ class NginxProxy(Configurable, Server):
         self.proxy_http_version = proxy_http_version
         self.keepalive_timeout = keepalive_timeout
         self.client_header_timeout = client_header_timeout
+        self.client_body_timeout = client_body_timeout
+        self.large_client_header_buffers = large_client_header_buffers
+        self.client_max_body_size = client_max_body_size
+        self.proxy_buffer_size = proxy_buffer_size
         self._ruleset = RuleSet(profile_rules(profile) + as_rules(faults))
         check_supported(self._ruleset.rules)
+        nginx_conf(upstream=upstream, port=1, rules=self._ruleset.rules,  # bad settings fail here
+                   large_client_header_buffers=large_client_header_buffers,
+                   client_max_body_size=client_max_body_size, proxy_buffer_size=proxy_buffer_size)
+        self._watchdog: subprocess.Popen | None = None
+        self._watch_fd: int | None = None
         self.process: subprocess.Popen | None = None
         self.workdir: str | None = None
         self.config = ""
@@ -285,7 +327,12 @@ class NginxProxy(Configurable, Server):
         self.config = nginx_conf(upstream=self.upstream, port=self.port, rules=self.rules, workdir=self.workdir,
                                  proxy_http_version=self.proxy_http_version,
                                  keepalive_timeout=self.keepalive_timeout,
-                                 client_header_timeout=self.client_header_timeout, generation=self.generation)
+                                 client_header_timeout=self.client_header_timeout,
+                                 client_body_timeout=self.client_body_timeout,
+                                 large_client_header_buffers=self.large_client_header_buffers,
+                                 client_max_body_size=self.client_max_body_size,
+                                 proxy_buffer_size=self.proxy_buffer_size, host=self.host,
+                                 generation=self.generation)
         path = os.path.join(self.workdir, "nginx.conf")
         with open(path + ".new", "w") as fh:
             fh.write(self.config)
@@ -295,7 +342,9 @@ class NginxProxy(Configurable, Server):
         binary = _binary()
         if binary is None:
             raise RuntimeError("nginx is not installed")
-        self.workdir = tempfile.mkdtemp(prefix="streamlab-nginx-")
+        sweep_stale_workdirs()
+        self.workdir = tempfile.mkdtemp(prefix=TEMP_PREFIX)
+        _write_owner(self.workdir, None)
         self._clock = (time.time(), time.perf_counter())
         last_error = ""
         for _attempt in range(3):  # nginx binds the port itself: retry if someone took it meanwhile
@@ -304,11 +353,14 @@ class NginxProxy(Configurable, Server):
             self._write_config()
             with self._lines_lock:
                 self._lines.clear()
-            self.process = subprocess.Popen(
+            # a session (and process group) of its own; SIGKILLed by the kernel if we die
+            self.process = _lifetime.popen(
                 [binary, "-p", self.workdir, "-c", os.path.join(self.workdir, "nginx.conf"), "-e", "stderr"],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                start_new_session=True, preexec_fn=_child_setup, cwd=self.workdir,
+                start_new_session=True, cwd=self.workdir,
             )
+            _write_owner(self.workdir, self.process.pid)
+            self._start_watchdog(self.process.pid)
             self._reader = threading.Thread(target=self._read_stderr, args=(self.process.stderr,),
                                             name="streamlab-nginx-log", daemon=True)
             self._reader.start()
@@ -371,9 +423,38 @@ class NginxProxy(Configurable, Server):
             if not self._wait_generation(max(0.0, deadline - time.monotonic())):
                 raise RuntimeError("nginx did not take the new config:\n" + "\n".join(self.log_lines()[-10:]))
 
+    def _start_watchdog(self, pgid: int) -> None:
+        """A ``sh`` that SIGKILLs nginx's process group and removes the temp dir when we are gone."""
+        self._stop_watchdog()
+        read_end, write_end = os.pipe()  # both non-inheritable: only the watchdog gets the read end
+        try:
+            self._watchdog = subprocess.Popen(
+                ["/bin/sh", "-c", _WATCHDOG, "streamlab-nginx-watchdog", str(pgid), self.workdir or ""],
+                stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        except BaseException:
+            os.close(write_end)
+            raise
+        finally:
+            os.close(read_end)
+        self._watch_fd = write_end
+
+    def _stop_watchdog(self) -> None:
+        """Stop the watchdog first, then close its pipe (so it never acts after a clean stop)."""
+        dog, self._watchdog = self._watchdog, None
+        if dog is not None:
+            with contextlib.suppress(ProcessLookupError):
+                dog.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                dog.wait(5)
+        fd, self._watch_fd = self._watch_fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
     def _kill(self) -> None:
         proc, self.process = self.process, None
         if proc is None:
+            self._stop_watchdog()
             return
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
@@ -396,6 +477,7 @@ class NginxProxy(Configurable, Server):
             self._read_access_log()
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
+        self._stop_watchdog()
 
     # -- what nginx saw
     @property
@@ -439,6 +521,74 @@ class NginxProxy(Configurable, Server):
     def __repr__(self) -> str:
         where = f"{self.host}:{self.port}" if self.port else "not started"
         return f"<NginxProxy {self.kind} {where} faults={self.faults}>"
+
+
+# --------------------------------------------------------------------------- temp dirs of dead owners
+
+
+def _write_owner(workdir: str, pgid: int | None) -> None:
+    with open(os.path.join(workdir, OWNER_FILE), "w") as fh:
+        fh.write(f"{os.getpid()} {pgid or 0}\n")
+
+
+def _alive(pid: int) -> bool:
+    """True if ``pid`` runs (a zombie does not count: it is dead, only not yet reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _nginx_in(workdir: str) -> list[int]:
+    """Pids of nginx masters whose command line names ``workdir``."""
+    found = []
+    needle = workdir.encode()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                    if needle in fh.read():
+                        found.append(int(entry))
+    return found
+
+
+def sweep_stale_workdirs(tmp: str | None = None) -> list[str]:
+    """Remove the ``streamlab-nginx-*`` temp dirs whose owner process is gone (killing any nginx
+    still running in one, workers included); return the dirs removed."""
+    tmp = tmp or tempfile.gettempdir()
+    removed: list[str] = []
+    try:
+        names = [n for n in os.listdir(tmp) if n.startswith(TEMP_PREFIX)]
+    except OSError:
+        return removed
+    for name in names:
+        path = os.path.join(tmp, name)
+        try:
+            with open(os.path.join(path, OWNER_FILE)) as fh:
+                owner, pgid = (int(x) for x in fh.read().split()[:2])
+        except (OSError, ValueError):
+            owner, pgid = 0, 0  # from before owner files, or mid-start: judged by its nginx only
+            with contextlib.suppress(OSError):
+                if time.time() - os.stat(path).st_mtime < 60:
+                    continue  # may be a start in progress in another process
+        if owner and _alive(owner):
+            continue
+        masters = _nginx_in(path)
+        if not owner and masters:
+            continue  # an nginx of an older streamlab, still in use
+        for group in {pgid, *masters} - {0}:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(group, signal.SIGKILL)
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
 
 
 def proxy_for(*, upstream: Any, faults: Iterable[Any] = (), profile: str | None = None, prefer: str = "nginx",
