@@ -141,19 +141,38 @@ def http_body(exc: BaseException | None) -> str | None:
     return None
 
 
-def describe(exc: BaseException | None) -> str:
-    """``module.Class: message``; when ``str(exc)`` is empty (httpx's ``ReadTimeout`` from a socket
-    timeout, ``asyncio.TimeoutError``), the class and its cause or timeout instead of nothing."""
+_TIMEOUT_KEYS = {"ConnectTimeout": "connect", "ReadTimeout": "read", "WriteTimeout": "write", "PoolTimeout": "pool"}
+
+
+def _httpx_timeout(exc: BaseException) -> tuple[str, float] | None:
+    """(phase, wall-clock seconds) of the httpx timeout that fired, read from the request it belongs to."""
+    key = _TIMEOUT_KEYS.get(type(exc).__name__)
+    if key is None:
+        return None
+    try:
+        value = exc.request.extensions.get("timeout", {}).get(key)  # type: ignore[attr-defined]
+    except (RuntimeError, AttributeError):  # httpx: "The .request property has not been set."
+        return None
+    return (key, value) if isinstance(value, (int, float)) else None
+
+
+def describe(exc: BaseException | None, *, scale: float = 1.0) -> str:
+    """``module.Class: message``; when ``str(exc)`` is empty (httpx's async ``ReadTimeout`` comes from an
+    anyio timeout with no text, ``asyncio.TimeoutError`` has none), what fired instead of nothing:
+    the httpx timeout and its value (scenario seconds, ``scale`` = the time scale), or the cause."""
     if exc is None:
         return "-"
     name = f"{type(exc).__module__.split('.')[0]}.{type(exc).__name__}"
     text = str(exc).strip()
     if text:
         return f"{name}: {text}"
+    fired = _httpx_timeout(exc)
+    if fired is not None:
+        return f"{name}: (no message) the {fired[0]} timeout of {fired[1] / scale:g} s passed without data"
     timeout = getattr(exc, "timeout_s", None)
+    if isinstance(timeout, (int, float)):
+        return f"{name}: (no message) no chunk within {timeout / scale:g} s"
     cause = exc.__cause__ or exc.__context__
-    if timeout is not None:
-        return f"{name}: no chunk within {timeout:g} s"
     if cause is not None and str(cause).strip():
         return f"{name}: (no message) from {type(cause).__name__}: {cause}"
     if cause is not None:

@@ -48,6 +48,7 @@ import enum
 import inspect
 import json
 import statistics
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -270,7 +271,7 @@ class Run:
     @property
     def error_text(self) -> str:
         """``module.Class: message``, never an empty message (see ``streamlab._errors.describe``)."""
-        return describe(self.error)
+        return describe(self.error, scale=self.scale)
 
     @property
     def error_class(self) -> str:
@@ -407,9 +408,43 @@ _hook_lock = threading.Lock()
 _hooked = False
 
 
+_SAMPLE_CHUNK = {"id": "warm", "object": "chat.completion.chunk", "created": 0, "model": "warm",
+                 "choices": [{"index": 0, "delta": {"role": "assistant", "content": "", "tool_calls": [
+                     {"index": 0, "id": "c", "type": "function", "function": {"name": "f", "arguments": ""}}]},
+                     "logprobs": None, "finish_reason": None}],
+                 "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+_warmed: set[str] = set()
+
+
+def _warm_sdk_models() -> None:
+    """Build the openai SDK's chunk models now, before t0, once per process.
+
+    pydantic builds a model's schema lazily, on first use: the SDK's first streamed chunk spends
+    5-20 ms in ``model_rebuild`` for ``ChatCompletionChunk``, ``Choice`` and ``ChoiceDelta``. That
+    is process warm-up inside the stream: at ``time_scale(0.02)`` it reads as up to 1 scenario
+    second of TTFT, and it holds the GIL while an in-process mock wants to send its next token.
+    Done when the first recording starts (if the openai SDK is imported), outside any figure.
+    """
+    if "openai" in _warmed or "openai" not in sys.modules:
+        return
+    _warmed.add("openai")
+    try:
+        from openai._models import construct_type
+        from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+        construct_type(type_=ChatCompletionChunk, value=_SAMPLE_CHUNK)
+        choice = {"index": 0, "finish_reason": "stop", "logprobs": None,
+                  "message": {"role": "assistant", "content": "", "tool_calls": None}}
+        construct_type(type_=ChatCompletion, value={**_SAMPLE_CHUNK, "object": "chat.completion",
+                                                   "choices": [choice]})
+    except Exception:  # noqa: BLE001 - another SDK version: the warm-up is an optimisation only
+        pass
+
+
 def _install_transport_hook() -> None:
     """Wrap httpx's two default transports once (idempotent; a no-op outside a recording)."""
     global _hooked
+    _warm_sdk_models()
     if _hooked:
         return
     with _hook_lock:

@@ -22,6 +22,11 @@ Clients (durations in scenario seconds, see ``streamlab.time_scale``)::
 
 Reading what happened::
 
+    chunk_timeouts()           ``with chunk_timeouts() as fired:``: langchain_openai's "stream_chunk_timeout
+                               fired" warning kept as a line with its timeout, instead of a bare stderr line
+    describe_error(exc)        ``module.Class: message``, never an empty message (httpx's async ReadTimeout
+                               has none: then the timeout that fired, in scenario seconds)
+
     timeout_defaults(llm)      the timeouts a ``ChatOpenAI`` really runs with, read from its clients
     quiet(line)                a server log line without gunicorn's / nginx's timestamp and ids
     TERMINATION                the article's termination messages, with what the pinned servers print
@@ -34,7 +39,9 @@ buffering settings do to a stream.
 """
 
 import asyncio
+import contextlib
 import json
+import logging
 import re
 import threading
 import time
@@ -45,10 +52,12 @@ from urllib.parse import urlencode
 
 import httpx
 
+from .._sse import SSEParser, iter_blocks, parse_block
 from .._timescale import to_real, to_scenario
 
 __all__ = ["combined_app", "endpoint", "sse_blocks", "get_json_text", "record_sse", "record_json", "token_events",
-           "first_bytes", "Hit", "together", "HealthProbe", "timeout_defaults", "quiet", "TERMINATION"]
+           "first_bytes", "Hit", "together", "HealthProbe", "timeout_defaults", "quiet", "TERMINATION",
+           "chunk_timeouts", "describe_error"]
 
 
 # --------------------------------------------------------------------------- the app
@@ -127,15 +136,8 @@ def sse_blocks(url: str, *, timeout: float | None = None, headers: dict[str, str
         if response.status_code >= 400:
             response.read()
             response.raise_for_status()
-        block: list[str] = []
-        for line in response.iter_lines():
-            if line:
-                block.append(line)
-            elif block:
-                yield "\n".join(block) + "\n\n"
-                block = []
-        if block:
-            yield "\n".join(block) + "\n\n"
+        for block in iter_blocks(response.iter_text()):  # streamlab._sse: the package's one SSE parser
+            yield block + "\n\n"
 
 
 def get_json_text(url: str, *, timeout: float | None = None, headers: dict[str, str] | None = None) -> str:
@@ -156,6 +158,14 @@ class Hit:
     tokens: int
     error: str | None = None
 
+    @property
+    def outcome(self) -> str:
+        """``http error`` (a 4xx/5xx: a 504 from a proxy is never complete), ``error`` (no HTTP response
+        or a broken body: ``error`` names the class) or ``complete``."""
+        if self.status is not None and self.status >= 400:
+            return "http error"
+        return "error" if self.error is not None else "complete"
+
 
 async def _one(client: httpx.AsyncClient, url: str, headers: dict[str, str]) -> Hit:
     from .._clients import app_event
@@ -168,7 +178,7 @@ async def _one(client: httpx.AsyncClient, url: str, headers: dict[str, str]) -> 
         async with client.stream("GET", url, headers=headers) as response:
             status = response.status_code
             sse = response.headers.get("content-type", "").startswith("text/event-stream")
-            body, pending = b"", ""
+            body, parser = b"", SSEParser()
             async for chunk in response.aiter_bytes():
                 now = time.perf_counter()
                 if ttfb is None and chunk:
@@ -176,9 +186,7 @@ async def _one(client: httpx.AsyncClient, url: str, headers: dict[str, str]) -> 
                 if not sse:
                     body += chunk
                     continue
-                pending = (pending + chunk.decode("utf-8", "replace")).replace("\r\n", "\n")
-                *blocks, pending = pending.split("\n\n")
-                for block in blocks:
+                for block in parser.feed(chunk):
                     info = app_event(block + "\n\n")
                     if info.text:
                         text.append(info.text)
@@ -238,15 +246,14 @@ def record_json(url: str, *, expected: int | None = None, label: str = "", rid: 
 def token_events(block: Any):
     """``understand=`` for the demo apps' SSE: only ``event: token`` carries answer text (an
     ``answer`` event repeating the whole text is not counted again); ``done`` is the end marker."""
-    from .._clients import _parse_event, app_event
+    from .._clients import app_event
     from .._recorder import ChunkInfo
 
     raw = block.decode("utf-8", "replace") if isinstance(block, (bytes, bytearray)) else str(block)
-    text = raw.replace("\r\n", "\n")
-    event = _parse_event(text.strip("\n"))
-    if event.get("event") not in (None, "token", "done") and event.get("data") != "[DONE]":
+    event = parse_block(raw)
+    if event.event not in (None, "token", "done") and event.data != "[DONE]":
         return ChunkInfo(None, None, False, len(raw.encode()))
-    return app_event(text)
+    return app_event(raw)
 
 
 def together(*calls: Any, stagger: float = 0.0) -> list[Any]:
@@ -346,17 +353,59 @@ def timeout_defaults(llm: Any) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- logs
 
-_STAMP = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4}\] \[\d+\] ")
-_NGINX_STAMP = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d (\[\w+\]) \d+#\d+: \*\d+ ")
+
+CHUNK_TIMEOUT_LOGGER = "langchain_openai.chat_models._client_utils"
 
 
-def quiet(line: str) -> str:
-    """A log line without what changes from run to run: gunicorn's ``[date] [pid]`` prefix and
-    nginx's date, process and connection numbers. (``pid=N``, ``pid:N`` and ports are left for
-    the notebooks' sanitizer, which replaces them.)"""
-    line = _STAMP.sub("", str(line))
-    line = _NGINX_STAMP.sub(r"nginx \1 ", line)
-    return line
+class _ChunkTimeoutLines(logging.Handler):
+    """Turns each chunk-timeout record into one line with its figures (scenario seconds)."""
+
+    def __init__(self, lines: list[str], scale: float) -> None:
+        super().__init__(logging.WARNING)
+        self.lines, self.scale = lines, scale
+
+    def emit(self, record: logging.LogRecord) -> None:
+        timeout = getattr(record, "timeout_s", None)
+        wait = f"no chunk for {timeout / self.scale:g} s" if timeout else record.getMessage()
+        self.lines.append(f"stream_chunk_timeout fired: {wait} after {getattr(record, 'chunks_received', '?')} "
+                          f"chunks (model {getattr(record, 'model_name', None) or '-'})")
+
+
+@contextlib.contextmanager
+def chunk_timeouts() -> Iterator[list[str]]:
+    """``with chunk_timeouts() as fired:`` keep langchain_openai's chunk-timeout warnings out of stderr.
+
+    When ``stream_chunk_timeout`` fires, ``ChatOpenAI.astream`` logs ``langchain_openai.stream_chunk_timeout
+    fired`` at WARNING on ``langchain_openai.chat_models._client_utils`` before it raises
+    ``StreamChunkTimeoutError``. Nothing configures that logger, so Python's last-resort handler
+    prints the bare message to stderr, where it lands in a notebook cell with no context. Inside
+    the block each such record becomes one line of ``fired`` instead (times in scenario seconds)::
+
+        stream_chunk_timeout fired: no chunk for 120 s after 6 chunks (model streamlab-mock)
+
+    The logger's propagation is restored on exit.
+    """
+    from .._timescale import current_time_scale
+
+    lines: list[str] = []
+    logger = logging.getLogger(CHUNK_TIMEOUT_LOGGER)
+    handler = _ChunkTimeoutLines(lines, current_time_scale())
+    propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+def describe_error(exc: BaseException | None) -> str:
+    """``module.Class: message``; an empty ``str(exc)`` is replaced by what fired (``streamlab._errors.describe``)."""
+    from .._errors import describe
+    from .._timescale import current_time_scale
+
+    return describe(exc, scale=current_time_scale())
 
 
 # The article's list of termination messages (seeds/002, "Inspect server termination logs"),
