@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import csv
 import io
 import sys
@@ -167,6 +168,16 @@ def build_fault_outcomes(only: Iterable[tuple] | None = None) -> list[tuple]:
     return rows
 
 
+@contextlib.contextmanager
+def _logging_restored():
+    import logging
+
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
 def build_nginx_conformance(only: Iterable[tuple] | None = None) -> list[tuple]:
     """(scenario, engine, outcome, events, headers_held, events_held) through real nginx and the embedded proxy."""
     import logging
@@ -189,7 +200,7 @@ def build_nginx_conformance(only: Iterable[tuple] | None = None) -> list[tuple]:
     engines = ((f"nginx {nginx_version()}", NginxProxy), ("embedded proxy", Proxy))
     rows = []
     logging.disable(logging.ERROR)  # the "upstream crashes" scenarios crash their upstream on purpose
-    with time_scale(conf.SCALE):
+    with time_scale(conf.SCALE), _logging_restored():
         for scenario in conf.SCENARIOS:
             if wanted is not None and scenario.name not in wanted:
                 continue
@@ -216,7 +227,6 @@ def build_nginx_conformance(only: Iterable[tuple] | None = None) -> list[tuple]:
                     server.stop()
                 if other is not None:
                     other.close()
-    logging.disable(logging.NOTSET)
     return rows
 
 
