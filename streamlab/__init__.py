@@ -13,7 +13,7 @@ Taught in notebooks/00_start_here.ipynb. The hops between client and model
 (proxy, nginx, app servers, balancer) live in ``streamlab.hops`` and friends.
 """
 
-from . import faults, hops
+from . import faults, hops, load
 from ._appserver import AppServer, Gunicorn, LogLine, Uvicorn
 from ._balancer import Balancer
 from ._clients import (Abort, ClientTimeout, HTTPStream, SlowReader, StreamResult, TotalTimeout, app_event,
@@ -35,7 +35,7 @@ from ._timescale import current_time_scale, scale_sdk_backoff, time_scale
 __version__ = "0.1.0"
 
 __all__ = [
-    "faults", "hops",
+    "faults", "hops", "load",
     "MockLLM", "MockApp", "Journal", "JournalEntry",
     "record", "arecord", "Run", "Outcome", "StreamErrorEvent",
     "compare", "Comparison", "table", "plot_runs", "plot_hops",

@@ -113,12 +113,22 @@ def main(argv: list[str] | None = None) -> int:
         _cli_proxy = None
     if _cli_proxy is not None:
         _cli_proxy.add_parser(sub)
+    from . import _cli_load
+
+    load_parser = _cli_load.add_parser(sub)
+    from . import _cli_diagnose
+
+    _cli_diagnose.add_parser(sub)
     args = parser.parse_args(argv)
     try:
         if args.command == "mock":
             return run_mock(args)
         if args.command == "proxy" and _cli_proxy is not None:
             return _cli_proxy.run(args)
+        if args.command == "load":
+            return _cli_load.run(args, load_parser)
+        if args.command == "diagnose":
+            return _cli_diagnose.run(args)
     except KeyboardInterrupt:
         return 0
     parser.error(f"unknown command {args.command!r}")

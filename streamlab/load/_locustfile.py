@@ -169,6 +169,9 @@ def _on_flush(environment, msg, **_kw) -> None:     # worker
 def _on_init(environment, **_kw) -> None:
     runner = environment.runner
     opts = environment.parsed_options
+    # gevent's loop caches "now"; nothing has run it since start-up (imports take ~0.5 s), so
+    # Locust's -t timer, scheduled from that stale time, would fire that much early.
+    gevent.get_hub().loop.update_now()
     every = getattr(opts, "streamlab_progress", 0.5) if opts is not None else 0.5
     if isinstance(runner, WorkerRunner):
         runner.register_message("streamlab_flush", _on_flush)

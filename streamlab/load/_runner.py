@@ -130,7 +130,7 @@ class _Progress:
 def run(url: str, *, users: int, duration: float, spawn_rate: float | None = None, workers: int = 0,
         spec: Any = None, progress: bool = True, timeout: float = 30.0, wait: float = 0.0,
         body: Any = None, model: str = "streamlab-load", external_workers: bool = False,
-        master_port: int | None = None, locust_args: Sequence[str] = (),
+        master_port: int | None = None, master_bind_host: str = "127.0.0.1", locust_args: Sequence[str] = (),
         on_progress: Callable[[dict], None] | None = None) -> LoadResult:
     """Run a streaming load test on Locust (headless) and return what every stream did.
 
@@ -150,7 +150,8 @@ def run(url: str, *, users: int, duration: float, spawn_rate: float | None = Non
         body: JSON to POST to a non-``/v1`` URL (default: GET it). A ``/v1`` URL gets an
             OpenAI chat request with ``stream: true`` for ``model``.
         external_workers: start only the master and wait for ``workers`` workers started
-            elsewhere (``streamlab load --worker --master-host ...``) on ``master_port``.
+            elsewhere (``streamlab load --worker --master-host ...``) on ``master_port``
+            (``master_bind_host``: 127.0.0.1 unless workers come from other hosts).
         locust_args: more Locust options, passed as they are (``["--csv", "out/run"]``).
         progress: show a progress bar (ipywidgets in a notebook, a stderr line in a terminal).
     """
@@ -184,7 +185,7 @@ def run(url: str, *, users: int, duration: float, spawn_rate: float | None = Non
         try:
             if workers:
                 port = master_port or _free_port()
-                master = start(_locust(*head, "--master", "--master-bind-host", "127.0.0.1", "--master-bind-port",
+                master = start(_locust(*head, "--master", "--master-bind-host", master_bind_host, "--master-bind-port",
                                        str(port), "--expect-workers", str(workers),
                                        "--expect-workers-max-wait", "60"), "master", subprocess.PIPE)
                 if not external_workers:
