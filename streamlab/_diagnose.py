@@ -446,10 +446,8 @@ def _tolerance(value: float, scale: float) -> float:
 
 def match_default(seconds: float, kind: str, scale: float) -> str | None:
     """The production default this duration matches (``DEFAULTS``), or None."""
-    for value, what, k in DEFAULTS:
-        if k == kind and abs(seconds - value) <= _tolerance(value, scale):
-            return what
-    return None
+    hits = [what for value, what, k in DEFAULTS if k == kind and abs(seconds - value) <= _tolerance(value, scale)]
+    return " or ".join(hits) or None
 
 
 def _held(obs: Observation) -> str | None:
