@@ -16,6 +16,7 @@ Taught in notebooks/00_start_here.ipynb. The hops between client and model
 from . import faults, hops, load
 from ._appserver import AppServer, Gunicorn, LogLine, Uvicorn
 from ._balancer import Balancer
+from ._diagnose import DiagnoseError, Finding, Report, diagnose
 from ._clients import (Abort, ClientTimeout, HTTPStream, SlowReader, StreamResult, TotalTimeout, app_event,
                        read_stream)
 from ._mock import Journal, JournalEntry, MockApp, MockLLM
@@ -49,5 +50,6 @@ __all__ = [
     "AppServer", "Uvicorn", "Gunicorn", "LogLine", "Balancer",
     "HTTPStream", "StreamResult", "read_stream", "app_event", "Abort", "SlowReader", "ClientTimeout", "TotalTimeout",
     "offline", "NetworkBlocked",
+    "diagnose", "Report", "Finding", "DiagnoseError",
     "require", "VersionMismatch",
 ]
