@@ -113,7 +113,7 @@ for fault in FAULTS:
                                                 body={"model": "streamlab-mock", "stream": True,
                                                       "messages": MESSAGES}),
                           expected=40, label=f"{fault} · httpx"))
-print(sl.table(runs))
+sl.table(runs)
 
 # %% [markdown]
 # What to take from the table:
@@ -176,8 +176,8 @@ with mock.script(Cut(at=12), None):
         model="streamlab-mock", messages=MESSAGES, stream=False), expected=40, label="stream=False")
 requests_whole = len(mock.journal.chat()) - before
 
-print(sl.table([streamed, whole]))
-print(f"\nmodel requests made: stream=True {requests_streamed}, stream=False {requests_whole}")
+print(f"model requests made: stream=True {requests_streamed}, stream=False {requests_whole}")
+sl.table([streamed, whole])
 
 # %% [markdown]
 # Without streaming, the dropped connection happens while the SDK is still reading the response
@@ -226,8 +226,12 @@ print(mock.journal.table())
 # ## 8. The playground
 #
 # Move the sliders, pick a fault and press Run: the timeline and the outcome are redrawn in place.
-# The same scenario runs without widgets through `sl.run_scenario(...)`, which is what the cell after
-# the panel does (and what the test runner checks).
+# The panel is a widget: until its cell has run in your kernel, JupyterLab shows only a line of text in
+# its place (a saved notebook holds no live controls), so run the cell. Settings that make no sense (a
+# negative stall, a fault index past the end of the answer, a proxy timeout of "-3") are named in red
+# under the Run button, and Run stays off until they are fixed. The same scenario runs without widgets
+# through `sl.run_scenario(...)`, which is what the cell after the panel does (and what the test runner
+# checks).
 
 # %% tags=["nbval-ignore-output"]
 panel = sl.playground(tokens=40, fault="stall", at=10, value=5.0, timeout=2.0)

@@ -56,6 +56,8 @@ import re
 
 import openai
 
+from IPython.display import Markdown
+
 import streamlab as sl
 
 print(sl.require(autogen_agentchat="0.7.5", autogen_core="0.7.5", autogen_ext="0.7.5", openai="2.54.0",
@@ -205,7 +207,7 @@ for condition, (runs, requests) in conditions.items():
 
 # %%
 for condition, (runs, _) in conditions.items():
-    print(sl.compare(**runs, title=condition), end="\n\n")
+    display(sl.compare(**runs, title=condition))
 
 # %% [markdown]
 # What the runs show:
@@ -284,12 +286,12 @@ sl.compare(broken=short, fixed=full, title="a 600-word answer: max_tokens 256 vs
 # ## 3. Proxy idle timeout 30 s vs 300 s vs 3600 s (Aarons, AutoGen scaling; AutoGen cutoff)
 #
 # **The claim.** Reverse proxies (nginx, load balancers, gateways) close long-lived streams; raise
-# nginx's `proxy_read_timeout` from 30 s to 300 s (article 000) or to 3600 s (article 001).
+# nginx's `proxy_read_timeout` from 30 s to 300 s (AutoGen scaling) or to 3600 s (AutoGen cutoff).
 # `proxy_read_timeout` bounds the silence between two reads from the upstream, so it only fires when the
 # model pauses. Here the model stops for 120 s after 10 words (a queue, a slow upstream tool), then
 # finishes. This section runs at `sl.time_scale(0.002)` so the 3600 s case fits.
 #
-# **Broken:** `proxy_read_timeout 30s`. **Fixed:** `300s`, and article 001's `3600`.
+# **Broken:** `proxy_read_timeout 30s`. **Fixed:** `300s`, and *AutoGen cutoff*'s `3600`.
 
 # %%
 with sl.time_scale(0.002):
@@ -306,7 +308,7 @@ with sl.time_scale(0.002):
 
 # %%
 with sl.time_scale(0.002):
-    print(sl.compare(**timeouts, title="a 120 s pause after 10 words, behind proxy_read_timeout 30 / 300 / 3600 s"))
+    display(sl.compare(**timeouts, title="a 120 s pause after 10 words, behind proxy_read_timeout 30 / 300 / 3600 s"))
 
 # %% [markdown]
 # 300 s and 3600 s carry this answer alike. What 3600 s changes is what happens when the upstream hangs
@@ -327,7 +329,7 @@ with sl.time_scale(0.002):
 # %% [markdown]
 # With 300 s the proxy cuts the hung stream at 300 s (`RemoteProtocolError`); with 3600 s the client's
 # own read timeout ends it at 600 s (`httpx.ReadTimeout`, again not wrapped by the SDK or AutoGen), and a
-# client without one would wait the full hour. (Article 001's third directive, `chunked_transfer_encoding
+# client without one would wait the full hour. (*AutoGen cutoff*'s third directive, `chunked_transfer_encoding
 # on`, is nginx's default already.)
 #
 # **Verdict:** reproduced — `proxy_read_timeout 30s` cuts a stream that pauses longer than 30 s, after 10
@@ -771,10 +773,10 @@ for dist in ("autogen", "pyautogen", "ag2", "autogen-agentchat", "autogen-core",
 snippets = {
     "import autogen  (the 0.2 API)": "import autogen",
     "ConversableAgent from agentchat": "from autogen_agentchat.agents import ConversableAgent",
-    "client(stream=True)  (article 000)": "OpenAIChatCompletionClient(model='gpt-4o-mini', api_key='k', stream=True)",
-    "@function_tool  (article 001)": "function_tool",
+    "client(stream=True)  (AutoGen scaling)": "OpenAIChatCompletionClient(model='gpt-4o-mini', api_key='k', stream=True)",
+    "@function_tool  (AutoGen cutoff)": "function_tool",
     "function_tool from autogen_core": "from autogen_core.tools import function_tool",
-    "result.stream  (article 000)": "result.stream",
+    "result.stream  (AutoGen scaling)": "result.stream",
 }
 for label, code in snippets.items():
     try:
@@ -1003,13 +1005,13 @@ sl.compare(broken=unbounded[-1], fixed=buffered[len(unbounded) - 1],
 FAILING = SLOW
 deadline = hops.Deadline(seconds=29)
 
-# Step 1a, article 000: disable streaming with stream=False on the client.
+# Step 1a, AutoGen scaling: disable streaming with stream=False on the client.
 try:
     model_client(FAILING, stream=False)
 except ValueError as exc:
     print(f"step 1a  stream=False on the client: {type(exc).__name__}: {exc}")
 
-# Step 1b, article 001: replace run_stream() with run(), keeping the agent as it is.
+# Step 1b, AutoGen cutoff: replace run_stream() with run(), keeping the agent as it is.
 with proxy.inject(deadline), slag.model_requests(mock) as made:
     client = model_client(FAILING)
     agent = AssistantAgent("support_agent", model_client=client, model_client_stream=True)
@@ -1050,7 +1052,7 @@ print(f"last event: {type(last_event).__name__} {last_event.content!r}; model ca
 await client.close()
 
 # %% [markdown]
-# One request, a `200` with headers at once, then an exception after a partial answer: article 001's
+# One request, a `200` with headers at once, then an exception after a partial answer: *AutoGen cutoff*'s
 # checklist (final message? tool call? only partial chunks?) says "only partial token chunks", and no
 # `LLMStreamEndEvent` was logged. Concurrency was already 1, so it is not about load.
 
@@ -1063,7 +1065,7 @@ with proxy.inject(deadline):
 await raw.close()
 print("step 4  raw openai SDK, same path:", raw_sdk)
 
-# Step 5: package versions (article 001's pip freeze | grep -E "autogen|openai").
+# Step 5: package versions (AutoGen cutoff's pip freeze | grep -E "autogen|openai").
 print("step 5 ", ", ".join(f"{d} {importlib.metadata.version(d)}"
                           for d in ("autogen-agentchat", "autogen-core", "autogen-ext", "openai")))
 
@@ -1077,7 +1079,7 @@ print("step 6  same model, no gateway in between:", direct)
 # bisection, once the two misleading ones are replaced (`model_client_stream=False` for "disable
 # streaming", and reading the result as "the failure changed", not "it disappeared").
 #
-# Article 000's symptom table, rebuilt from the runs of this notebook (each cell of the last column is
+# *AutoGen scaling*'s symptom table, rebuilt from the runs of this notebook (each cell of the last column is
 # computed from the recorded runs above):
 
 # %%
@@ -1100,9 +1102,8 @@ rows = [
     ("Fails even in raw SDK call", "Backend/proxy/network issue",
      f"raw SDK through the gateway: {raw_sdk.outcome}, {raw_sdk.error_class}; direct: {direct.outcome}"),
 ]
-width = max(len(r[0]) for r in rows)
-for symptom, cause, seen in rows:
-    print(f"{symptom:{width}} | {cause:30} | {seen}")
+Markdown("| symptom (AutoGen scaling) | the article's cause | what this notebook's runs show |\n|---|---|---|\n"
+         + "\n".join(f"| {symptom} | {cause} | {seen} |" for symptom, cause, seen in rows))
 
 # %% [markdown]
 # **Verdict:** partly — the steps do locate the layer, but two of them mislead on 0.7.5: `stream=False`

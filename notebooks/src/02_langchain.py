@@ -728,9 +728,9 @@ runs = await asyncio.gather(
     sl.arecord(lambda: chunk_timeout_llm.astream(PROMPT), expected=20, label="astream(), chunk timeout 120 s"),
     asyncio.to_thread(sl.record, lambda: timeout_30_llm.stream(PROMPT), expected=20, label="stream(), timeout=30"),
     sl.arecord(lambda: timeout_30_llm.astream(PROMPT), expected=20, label="astream(), timeout=30"))
-print(sl.table(runs))
 for run in runs[1:]:
     print(f"{run.label}: {run.error_class}: {run.error}")
+sl.table(runs)
 
 # %% [markdown]
 # - **Defaults, sync `stream()`**: waited out the whole 130 s silence and then finished. Nothing in

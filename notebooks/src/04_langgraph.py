@@ -164,7 +164,7 @@ for on in (True, False):
     with sl.proxy_for(upstream=app.url, faults=hops.nginx(proxy_buffering=on)) as front:
         buffering.append(sl.record(lg.post(front.url + "/stream/plain"), expected=40, understand=lg.read_event,
                                    label=f"proxy_buffering {'on' if on else 'off'}"))
-print(sl.table(buffering))
+sl.table(buffering)
 
 # %% [markdown]
 # Both arrive token by token (the recorder would call a stream held back and released at the end
@@ -315,7 +315,7 @@ sync_runs, sync_health = await lg.concurrently(three_clients("/chat/sync"), app.
 async_runs, async_health = await lg.concurrently(three_clients("/chat/async"), app.url + "/health", expected=40)
 for name, runs, health in (("graph.stream()", sync_runs, sync_health), ("graph.astream()", async_runs, async_health)):
     print(f"{name}: slowest health answer {max(health):.3f} s; every one within 10 s: {max(health) < 10}")
-    print(sl.table(runs), end="\n\n")
+    display(sl.table(runs))
 
 # %% [markdown]
 # **Measured.** The slowest of the three requests of each kind:
@@ -550,7 +550,7 @@ print("\nfired in the chain run:", [name for name, hit in fired.items() if hit])
 with sl.proxy_for(upstream=app.url, faults=hops.nginx()) as front:
     full = sl.record(lg.post(front.url + "/report"), expected=40, understand=lg.read_event, label="slow_node -> model")
     one = sl.record(lg.post(front.url + "/run"), expected=40, understand=lg.read_event, label="model only")
-print(sl.table([full, one]))
+sl.table([full, one])
 
 # %% [markdown]
 # Without the slow node the cutoff is gone; adding it back brings it back.
