@@ -1,6 +1,6 @@
 """Audit ``streamlab mock`` with ~200 bad inputs over a real socket and count how it answers.
 
-    .venv/bin/python tools/audit_mock.py [--verbose] [--python PATH]
+    .venv/bin/python tools/audit_mock.py [--verbose] [--python PATH] [--root SOURCE_TREE]
 
 Starts ``python -m streamlab mock`` as a subprocess (its stderr captured), sends every case of
 ``cases()`` as raw HTTP bytes (bodies, headers, specs, methods, paths, content types, huge, nested and
@@ -305,8 +305,9 @@ TRACEBACK = re.compile(r"^Traceback \(most recent call last\)", re.M)
 class MockProcess:
     """``python -m streamlab mock`` in a subprocess, stderr collected by a thread."""
 
-    def __init__(self, python: str) -> None:
+    def __init__(self, python: str, root: Path = ROOT) -> None:
         self.python = python
+        self.root = root
         self.stderr: list[str] = []
         self.proc: subprocess.Popen | None = None
         self.port = 0
@@ -316,7 +317,7 @@ class MockProcess:
             resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
 
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen([self.python, "-m", "streamlab", "mock", "--port", "0"], cwd=ROOT,
+        self.proc = subprocess.Popen([self.python, "-m", "streamlab", "mock", "--port", "0"], cwd=self.root,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                                      preexec_fn=limit, errors="replace")
         line = self.proc.stdout.readline()
@@ -359,9 +360,11 @@ def classify(case: Case, answer: Answer) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--python", default=str(ROOT / ".venv" / "bin" / "python"))
+    parser.add_argument("--root", type=Path, default=ROOT, help="source tree whose streamlab to run "
+                        "(e.g. an old checkout, to compare)")
     parser.add_argument("--verbose", "-v", action="store_true", help="print every case")
     args = parser.parse_args(argv)
-    server = MockProcess(args.python)
+    server = MockProcess(args.python, args.root)
     server.start()
     counts: dict[str, int] = {}
     bad_after: list[str] = []
