@@ -148,3 +148,43 @@ def test_a_consumer_that_stops_early_does_not_leave_the_reader_running(ticker):
     assert stream.result.events == [{"data": "tick 0"}]
     assert stream.result.aborted
     assert not [t for t in threading.enumerate() if t.name == "streamlab-client"]
+
+
+# --------------------------------------------------------------------------- the one SSE parser (streamlab._sse)
+
+from streamlab._sse import SSEEvent, SSEParser, format_event, iter_blocks, parse_block, split_events  # noqa: E402
+
+
+def test_sse_parser_ignores_comments_and_keeps_comment_only_blocks_as_dataless():
+    event = parse_block(": ping\ndata: x\n: another")
+    assert event == SSEEvent(data="x", comments=("ping", "another"))
+    assert parse_block(": ping").data is None
+
+
+def test_sse_parser_joins_multi_line_data_and_reads_id_event_retry():
+    event = parse_block("event: token\nid: 7\nretry: 3000\ndata: first\ndata:second\ndata:  two spaces")
+    assert event.event == "token" and event.id == "7" and event.retry == 3000
+    assert event.data == "first\nsecond\n two spaces"  # one space after the colon is dropped, not two
+    assert parse_block("retry: soon\nid: a\0b\ndata").as_dict() == {"data": ""}  # bad retry, NUL id, bare field
+
+
+def test_sse_parser_splits_crlf_cr_and_lf_even_when_a_read_cuts_a_crlf():
+    parser = SSEParser()
+    assert parser.feed("data: a\r") == []               # the CR may be half of a CRLF
+    assert parser.feed("\n\r\ndata: b\r\rdata: c\n") == ["data: a", "data: b"]
+    assert parser.feed("\n") == ["data: c"]
+    assert split_events("data: 1\r\n\r\ndata: 2") == (["data: 1"], "data: 2")
+
+
+def test_sse_parser_hands_back_a_partial_final_event():
+    parser = SSEParser()
+    assert parser.feed("data: whole\n\ndata: [DONE]") == ["data: whole"]
+    assert parser.close() == "data: [DONE]"           # not an event for a browser; the reader decides
+    assert list(iter_blocks(["data: x\n\n", "data: y"])) == ["data: x", "data: y"]
+    assert list(iter_blocks(["data: x\n\n", "data: y"], partial=False)) == ["data: x"]
+
+
+def test_format_event_round_trips_through_the_parser():
+    text = format_event("line 1\nline 2", event="token", id=3)
+    assert text.endswith("\n\n")
+    assert parse_block(text) == SSEEvent(data="line 1\nline 2", event="token", id="3")

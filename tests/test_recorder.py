@@ -191,3 +191,47 @@ def test_autogen_task_echo_is_not_a_received_chunk():
 
     run = sl.record(stream())
     assert run.items == 0 and run.outcome is sl.Outcome.ERROR_BEFORE_STREAM
+
+
+def test_tables_are_plain_text_for_terminals_and_html_for_jupyterlab():
+    """Issue 10: wide tables wrapped at 1400 px in JupyterLab; text/plain (nbval) must stay the same text."""
+    runs = [sl.record(sse(["a", " b"]), expected=2, label="a rather long run label · SDK through the proxy")]
+    text = sl.table(runs)
+    assert isinstance(text, str) and repr(text) == str(text) and "\n" in text
+    html = text._repr_html_()
+    assert html.startswith("<table>") and html.count("<tr>") == 2 and "a rather long run label" in html
+    assert "white-space:nowrap" in html
+    assert text._repr_markdown_().splitlines()[1].startswith("|---|---|")
+    comparison = sl.compare(broken=runs[0], fixed=sl.record(sse(["c"]), expected=2), plot=False)
+    assert repr(comparison) == str(comparison.table) and comparison._repr_html_().count("<tr>") == 3
+
+
+def test_plots_draw_the_first_token_wait_and_a_mid_stream_silence_differently():
+    def stalled():
+        yield from list(sse([" w0", " w1"], finish=None, done=False))
+        time.sleep(0.3)
+        yield from sse([" w2", " w3"])
+
+    def slow_start():
+        time.sleep(0.3)
+        yield from sse([f" w{i}" for i in range(4)])
+
+    fig = sl.plot_runs(sl.record(slow_start()), sl.record(stalled()))
+    labels = [t.get_text() for legend in fig.legends for t in legend.get_texts()]
+    assert labels == ["waiting for first token", "silence mid-stream"]
+    texts = [t.get_text() for t in fig.axes[1].texts]
+    assert "silence" in texts and "silence" not in [t.get_text() for t in fig.axes[0].texts]
+
+
+def test_an_error_label_stays_inside_its_panel():
+    """01 section 1: a label right-aligned at x = 0 ran off the left edge over the y axis."""
+    import openai
+
+    client = openai.OpenAI(base_url="http://127.0.0.1:9/v1", api_key="unused", max_retries=0)
+    run = sl.record(lambda: client.chat.completions.create(model="m", messages=MESSAGES, stream=True),
+                    label="nobody listening · SDK")
+    fig = sl.plot_runs(run)
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    note = next(t for t in ax.texts if "APIConnectionError" in t.get_text())
+    assert note.get_window_extent().x0 >= ax.get_window_extent().x0

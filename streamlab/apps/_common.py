@@ -37,6 +37,7 @@ from contextlib import asynccontextmanager
 from functools import lru_cache
 from typing import Any, AsyncIterator, Iterator
 
+from .._sse import format_event
 from .._timescale import to_real
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -249,11 +250,6 @@ def llm_tokens_sync(prompt: str, spec: str | None) -> Iterator[str]:
 
 
 def sse_frame(data: str, *, event: str | None = None, id: str | int | None = None) -> str:
-    """One SSE event as text (multi-line data split into several ``data:`` fields)."""
-    lines = []
-    if event:
-        lines.append(f"event: {event}")
-    if id is not None:
-        lines.append(f"id: {id}")
-    lines += [f"data: {part}" for part in data.split("\n")]
-    return "\n".join(lines) + "\n\n"
+    """One SSE event as text (multi-line data split into several ``data:`` fields): ``streamlab._sse.format_event``,
+    the writing half of the package's one SSE parser."""
+    return format_event(data, event=event, id=id)

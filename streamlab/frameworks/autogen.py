@@ -70,12 +70,11 @@ class _Made(list):
     """Journal entries of the model requests made inside a ``model_requests`` block."""
 
     def table(self) -> str:
-        rows = [("#", "stream", "behaviour", "sent/planned", "finish", "ended")]
-        for i, e in enumerate(self, 1):
-            rows.append((str(i), "yes" if e.stream else "no", e.spec or "-", f"{e.tokens_sent}/{e.tokens_planned}",
-                         str(e.finish_reason), e.ended))
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+        from .._plots import text_table
+
+        rows = [(str(i), "yes" if e.stream else "no", e.spec or "-", f"{e.tokens_sent}/{e.tokens_planned}",
+                 str(e.finish_reason), e.ended) for i, e in enumerate(self, 1)]
+        return text_table(("#", "stream", "behaviour", "sent/planned", "finish", "ended"), rows)
 
 
 @contextlib.contextmanager
@@ -301,14 +300,11 @@ class RequestLog:
             row["headers_after"] = to_scenario(time.perf_counter() - row["t0"])
 
     def table(self) -> str:
-        from .._plots import _t
+        from .._plots import _t, text_table
 
-        lines = [("#", "model", "max_tokens", "stream", "messages", "status", "headers after")]
-        for i, r in enumerate(self.rows, 1):
-            lines.append((str(i), str(r["model"]), str(r["max_tokens"]), "yes" if r["stream"] else "no",
-                          str(r["messages"]), str(r["status"]), _t(r["headers_after"])))
-        widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-        return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
+        rows = [(str(i), str(r["model"]), str(r["max_tokens"]), "yes" if r["stream"] else "no", str(r["messages"]),
+                 str(r["status"]), _t(r["headers_after"])) for i, r in enumerate(self.rows, 1)]
+        return text_table(("#", "model", "max_tokens", "stream", "messages", "status", "headers after"), rows)
 
 
 # --------------------------------------------------------------------------- token counting

@@ -37,7 +37,7 @@ from typing import Any, Iterator
 from .._clients import HTTPStream, app_event
 from .._mock import JournalEntry, MockLLM
 from .._offline import NetworkBlocked
-from .._plots import _t
+from .._plots import _t, text_table
 from .._recorder import ChunkInfo, Run, inspect_chunk
 from .._servers import ThreadedASGIServer
 from .._text import count_tokens
@@ -217,15 +217,12 @@ def report(rows: list[tuple[str, Run, Observation]]) -> str:
     ``LLMCallCompletedEvent`` reports it (``None``: the answer ended without one).
     """
     header = ("run", "outcome", "tokens", "error", "requests", "finish", "E2E")
-    table = [header]
+    body = []
     for label, run, seen in rows:
         got = f"{run.tokens}/{run.expected}" if run.expected is not None else str(run.tokens)
         reasons = ",".join(str(r) for r in seen.finish_reasons) or "-"
-        table.append((label, str(run.outcome), got, run.error_class, str(len(seen.requests)), reasons, _t(run.e2e)))
-    widths = [max(len(r[i]) for r in table) for i in range(len(header) - 1)] + [12]
-    lines = ["  ".join(c.ljust(w) if i < len(header) - 1 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
-             .rstrip() for r in table]
-    return "\n".join(lines)
+        body.append((label, str(run.outcome), got, run.error_class, str(len(seen.requests)), reasons, _t(run.e2e)))
+    return text_table(header, body, numeric=(6,), fixed={6: 12})  # text, and an HTML table in a notebook
 
 
 def words(text: str | None) -> int:
