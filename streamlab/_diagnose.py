@@ -459,8 +459,8 @@ def _held(obs: Observation) -> str | None:
     last = obs.events[-1][0]
     if first >= 0.5 * obs.elapsed and (last - first) <= 0.25 * (obs.elapsed - 0) + 0.001:
         head = f"headers at {obs.t_headers:.1f} s, " if obs.t_headers is not None else ""
-        return (f"{head}all {n} events arrived between {first:.1f} s and {last:.1f} s of a {obs.elapsed:.1f} s "
-                f"exchange, in {len(obs.reads)} reads")
+        when = f"at {first:.1f} s" if last - first <= 0.05 * obs.elapsed else f"between {first:.1f} s and {last:.1f} s"
+        return f"{head}all {n} events arrived {when} of a {obs.elapsed:.1f} s exchange, in {len(obs.reads)} reads"
     per_read = n / max(1, len(obs.reads))
     gaps = obs.gaps
     if per_read >= 4 and gaps and max(gaps) >= max(1.0, 0.2 * obs.elapsed):
