@@ -11,9 +11,21 @@ Each server is a ``streamlab.Server``: it binds 127.0.0.1 on a free port, is
 listed by ``running_servers()`` while up, and stops on ``with`` exit, on error, on
 kernel interrupt and at interpreter exit. The process runs in a session of its
 own (Ctrl-C in the kernel does not reach it; ``stop()`` signals the whole group:
-SIGTERM, then SIGKILL after ``stop_grace`` seconds) and gets SIGTERM if the
-Python thread that started it dies (Linux ``PR_SET_PDEATHSIG``: start servers from
-the main thread, as notebooks and tests do).
+SIGTERM, then SIGKILL after ``stop_grace`` seconds).
+
+If the Python process that started it dies without stopping it (kernel killed,
+``kill -9``), every process of the server goes with it, within milliseconds,
+whatever its clients do: the server process, gunicorn's workers and uvicorn's
+``--workers`` children all get SIGKILL (``PR_SET_PDEATHSIG``, see
+``streamlab/_lifetime.py``). SIGKILL, not SIGTERM: a graceful shutdown would wait
+for the streams still open. uvicorn runs as ``python -m streamlab.apps._uvicorn_main``
+for that (``command`` shows ``uvicorn ...``, what a reader types).
+
+Binding anything but loopback (``extra_args=["--host", "0.0.0.0"]``, ``-b``,
+``--bind``) raises ``ValueError`` unless ``allow_non_loopback=True``; then a
+``RuntimeWarning`` says the server is exposed and ``url`` shows the real address.
+``--uds`` / ``--fd`` / ``unix:`` / ``fd://`` binds are refused (``url`` could not
+tell the truth).
 
 Durations are scenario seconds (``streamlab.time_scale``). uvicorn's and
 gunicorn's command-line options only take whole seconds, so a converted value is
@@ -56,7 +68,6 @@ What the servers do with a stream, measured on the pinned versions (gunicorn
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import math
 import os
 import re
@@ -66,30 +77,21 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import psutil
 
+from ._lifetime import popen
+from ._offline import is_loopback_host
 from ._servers import Server, free_port
 from ._timescale import ENV_VAR, current_time_scale, to_real
 
 __all__ = ["AppServer", "Uvicorn", "Gunicorn", "LogLine"]
 
 _ROOT = str(Path(__file__).resolve().parent.parent)  # the checkout that holds streamlab/
-
-try:  # set up before any fork: nothing may be imported between fork and exec
-    _prctl = ctypes.CDLL(None, use_errno=True).prctl
-except (OSError, AttributeError):  # pragma: no cover - not Linux
-    _prctl = None
-_PR_SET_PDEATHSIG = 1
-
-
-def _child_setup() -> None:  # runs in the child between fork and exec
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
 
 def _whole_seconds(seconds: float | None) -> int:
     """Scenario seconds -> the whole wall-clock seconds a CLI option takes (0 stays 0 = off)."""
@@ -129,6 +131,7 @@ class AppServer(Server):
         extra_args: Sequence[str] = (),
         stop_grace: float = 2.0,
         start_timeout: float = 30.0,
+        allow_non_loopback: bool = False,
     ) -> None:
         super().__init__()
         if ":" not in app:
@@ -139,6 +142,9 @@ class AppServer(Server):
         self.workers = workers
         self.env = dict(env or {})
         self.extra_args = list(extra_args)
+        self.allow_non_loopback = allow_non_loopback
+        self._fixed_port: int | None = None  # a port the caller's bind option asked for
+        self.extra_args = self._take_binds(self.extra_args)
         self.stop_grace = stop_grace
         self.start_timeout = start_timeout
         self.settings: dict[str, object] = {}
@@ -152,6 +158,33 @@ class AppServer(Server):
 
     def _command(self, port: int) -> list[str]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _launch_command(self, port: int) -> list[str]:
+        """What is executed (may differ from ``command`` in how, never in what)."""
+        return self._command(port)
+
+    def _take_binds(self, args: list[str]) -> list[str]:  # pragma: no cover - abstract
+        """Take the bind options out of ``extra_args`` (into ``self.host`` / the port), after checking them."""
+        raise NotImplementedError
+
+    def _bind_host(self, host: str, option: str) -> str:
+        """Check one address the caller wants bound: loopback, or opted in (then warn)."""
+        if not host:
+            raise ValueError(f"{self.kind}: {option} needs an address")
+        if is_loopback_host(host):
+            return host
+        if not self.allow_non_loopback:
+            raise ValueError(f"{self.kind}: {option} {host} would listen on a non-loopback address, reachable "
+                             "from other machines; streamlab servers bind 127.0.0.1 (pass "
+                             "allow_non_loopback=True if you mean it)")
+        warnings.warn(f"{self.kind} listens on {host} ({option}): reachable from other machines, and the "
+                      "demo apps have no authentication", RuntimeWarning, stacklevel=5)
+        return host
+
+    def _connect_host(self) -> str:
+        """Where to check that the server accepts: a wildcard bind is reached through loopback."""
+        host = self.host.strip("[]")
+        return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
 
     @property
     def command(self) -> str:
@@ -173,16 +206,15 @@ class AppServer(Server):
         with self._lines_lock:
             self._lines.clear()
         self._killed.clear()
-        self.port = free_port()
-        self.process = subprocess.Popen(
-            self._command(self.port),
+        self.port = self._fixed_port or free_port()
+        self.process = popen(
+            self._launch_command(self.port),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=self._child_env(),
             cwd=_ROOT,
             start_new_session=True,
-            preexec_fn=_child_setup,
         )
         for name, pipe in (("stdout", self.process.stdout), ("stderr", self.process.stderr)):
             reader = threading.Thread(target=self._read, args=(name, pipe), name=f"{self.kind} {name}", daemon=True)
@@ -207,7 +239,7 @@ class AppServer(Server):
         pipe.close()
 
     def _accepts(self) -> bool:
-        with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), timeout=0.2):
+        with contextlib.suppress(OSError), socket.create_connection((self._connect_host(), self.port), timeout=0.2):
             return True
         return False
 
@@ -352,8 +384,10 @@ class Uvicorn(AppServer):
             (uvicorn: None = wait for them; ``stop()`` SIGKILLs after ``stop_grace``).
         env: extra environment for the app (``{"STREAMLAB_MODEL_URL": mock.base_url}``).
         log_level: uvicorn's ``--log-level`` ("info" shows start, access log, shutdown).
-        extra_args: more command-line options, passed as they are.
+        extra_args: more command-line options, passed as they are (``--host``/``--port`` replace
+            streamlab's own; a non-loopback ``--host`` needs ``allow_non_loopback``).
         stop_grace: wall-clock seconds between SIGTERM and SIGKILL in ``stop()``.
+        allow_non_loopback: let ``--host`` name an address other machines can reach (warns).
     """
 
     kind = "uvicorn"
@@ -372,9 +406,10 @@ class Uvicorn(AppServer):
         extra_args: Sequence[str] = (),
         stop_grace: float = 2.0,
         start_timeout: float = 30.0,
+        allow_non_loopback: bool = False,
     ) -> None:
         super().__init__(app, workers=workers, env=env, extra_args=extra_args, stop_grace=stop_grace,
-                         start_timeout=start_timeout)
+                         start_timeout=start_timeout, allow_non_loopback=allow_non_loopback)
         self.timeout_keep_alive = timeout_keep_alive
         self.timeout_graceful_shutdown = timeout_graceful_shutdown
         self.log_level = log_level
@@ -393,6 +428,32 @@ class Uvicorn(AppServer):
         if self.settings["timeout_graceful_shutdown"] is not None:
             cmd += ["--timeout-graceful-shutdown", str(self.settings["timeout_graceful_shutdown"])]
         return cmd + self.extra_args
+
+    def _launch_command(self, port: int) -> list[str]:
+        cmd = self._command(port)  # [python, -m, uvicorn, ...]: the same options, through our entry point
+        return [cmd[0], "-m", "streamlab.apps._uvicorn_main", *cmd[3:]]
+
+    def _take_binds(self, args: list[str]) -> list[str]:
+        rest: list[str] = []
+        items = iter(args)
+        for arg in items:
+            option, eq, value = arg.partition("=")
+            if option not in ("--host", "--port", "--uds", "--fd"):
+                rest.append(arg)
+                continue
+            if not eq:
+                value = next(items, "")
+            if option in ("--uds", "--fd"):
+                raise ValueError(f"uvicorn {option} is not supported by streamlab.Uvicorn: it listens on the "
+                                 "TCP port it reports in .url (use --host/--port)")
+            if option == "--host":
+                self.host = self._bind_host(value, "--host")
+            else:
+                try:
+                    self._fixed_port = int(value)
+                except ValueError:
+                    raise ValueError(f"uvicorn --port needs a number, got {value!r}") from None
+        return rest
 
     def worker_pids(self) -> list[int]:
         if self.workers == 1:
@@ -422,7 +483,9 @@ class Gunicorn(AppServer):
             request timeout: see the module docstring for when it cuts a stream.
         graceful_timeout: on SIGTERM, workers still busy after this are killed (gunicorn: 30).
         keepalive: seconds an idle keep-alive connection is held (gunicorn: 2).
-        env, log_level, extra_args, stop_grace: as for ``Uvicorn``.
+        env, log_level, extra_args, stop_grace, allow_non_loopback: as for ``Uvicorn``; a ``-b`` /
+            ``--bind`` in ``extra_args`` replaces streamlab's own bind (more than one: all are bound,
+            ``url`` names the first).
 
     The command adds ``--no-control-socket`` (gunicorn 27 would otherwise open one
     shared socket in $HOME for every instance), ``--access-logfile -`` (so requests
@@ -448,9 +511,11 @@ class Gunicorn(AppServer):
         extra_args: Sequence[str] = (),
         stop_grace: float = 2.0,
         start_timeout: float = 30.0,
+        allow_non_loopback: bool = False,
     ) -> None:
+        self._more_binds: list[str] = []
         super().__init__(app, workers=workers, env=env, extra_args=extra_args, stop_grace=stop_grace,
-                         start_timeout=start_timeout)
+                         start_timeout=start_timeout, allow_non_loopback=allow_non_loopback)
         self.worker_class = worker_class
         self.timeout = timeout
         self.graceful_timeout = graceful_timeout
@@ -466,10 +531,56 @@ class Gunicorn(AppServer):
             "keepalive": _whole_seconds(self.keepalive),
         }
         return [
-            sys.executable, "-m", "gunicorn", self.app, "--bind", f"{self.host}:{port}",
+            sys.executable, "-m", "gunicorn", self.app, "--bind", _host_port(self.host, port),
+            *[arg for bind in self._more_binds for arg in ("--bind", bind)],
             "--workers", str(self.workers), "--worker-class", self.worker_class,
             "--timeout", str(self.settings["timeout"]), "--graceful-timeout", str(self.settings["graceful_timeout"]),
             "--keep-alive", str(self.settings["keepalive"]), "--log-level", self.log_level,
             "--access-logfile", "-", "--no-control-socket", "--config", "python:streamlab.apps._gunicorn_hooks",
             *self.extra_args,
         ]
+
+    def _take_binds(self, args: list[str]) -> list[str]:
+        rest: list[str] = []
+        binds: list[str] = []
+        items = iter(args)
+        for arg in items:
+            option, eq, value = arg.partition("=")
+            if arg.startswith("-b") and not arg.startswith("--"):
+                binds.append(arg[2:] or next(items, ""))
+            elif len(option) >= 4 and "--bind".startswith(option):  # argparse takes --bi, --bin too
+                binds.append(value if eq else next(items, ""))
+            else:
+                rest.append(arg)
+        for index, bind in enumerate(binds):
+            host, port = _parse_bind(bind)
+            self._bind_host(host, f"--bind {bind}")
+            if index == 0:
+                self.host, self._fixed_port = host, port
+            else:
+                self._more_binds.append(bind)
+        return rest
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _parse_bind(bind: str) -> "tuple[str, int | None]":
+    """A gunicorn bind address (HOST, HOST:PORT, [V6]:PORT, tcp://...) -> (host, port or None)."""
+    if bind.startswith(("unix:", "fd://")):
+        raise ValueError(f"gunicorn --bind {bind} is not supported by streamlab.Gunicorn: it listens on the "
+                         "TCP port it reports in .url")
+    netloc = bind.removeprefix("tcp://")
+    if netloc.startswith("["):
+        host, _, port = netloc[1:].partition("]")
+        port = port.removeprefix(":")
+    elif netloc.count(":") == 1:
+        host, port = netloc.split(":")
+    else:
+        host, port = netloc, ""
+    host = host or "0.0.0.0"  # gunicorn reads an empty host as every interface
+    try:
+        return host, (int(port) if port else None)
+    except ValueError:
+        raise ValueError(f"gunicorn --bind {bind}: {port!r} is not a port number") from None

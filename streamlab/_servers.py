@@ -97,7 +97,8 @@ class Server:
     def url(self) -> str:
         if self.port is None:
             raise RuntimeError(f"{self.kind} is not started; use `with` or call .start()")
-        return f"http://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") else self.host
+        return f"http://{host}:{self.port}"
 
     @property
     def running(self) -> bool:

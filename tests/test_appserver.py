@@ -109,6 +109,65 @@ def test_uvicorn_supervisor_replaces_a_killed_worker():
         assert server.log_lines(rf"Child process \[{killed}\] died")
 
 
+# -- binding: loopback only, unless the caller opts in (issue 10) -------------------------
+
+@pytest.mark.parametrize("make", [
+    lambda **kw: Uvicorn(TICKER, extra_args=["--host", "0.0.0.0"], **kw),
+    lambda **kw: Uvicorn(TICKER, extra_args=["--host=192.168.1.5"], **kw),
+    lambda **kw: Uvicorn(TICKER, extra_args=["--host", "example.com"], **kw),
+    lambda **kw: Gunicorn(TICKER, extra_args=["--bind", "0.0.0.0:0"], **kw),
+    lambda **kw: Gunicorn(TICKER, extra_args=["-b", "[::]"], **kw),
+    lambda **kw: Gunicorn(TICKER, extra_args=["-b0.0.0.0"], **kw),
+    lambda **kw: Gunicorn(TICKER, extra_args=["--bind=10.1.2.3:8000"], **kw),
+    lambda **kw: Gunicorn(TICKER, extra_args=["--bi", ":8000"], **kw),  # argparse prefix; "" = every interface
+    lambda **kw: Gunicorn(TICKER, extra_args=["-b", "127.0.0.1:0", "-b", "0.0.0.0:0"], **kw),
+], ids=["uvicorn --host 0.0.0.0", "uvicorn --host=LAN", "uvicorn --host name", "gunicorn --bind 0.0.0.0",
+        "gunicorn -b [::]", "gunicorn -b0.0.0.0", "gunicorn --bind=LAN", "gunicorn --bi :8000",
+        "gunicorn second bind"])
+def test_a_non_loopback_bind_is_refused_without_allow_non_loopback(make):
+    with pytest.raises(ValueError, match="non-loopback address.*allow_non_loopback=True"):
+        make()
+
+
+@pytest.mark.parametrize("args", [["--uds", "/tmp/x.sock"], ["--fd=3"]])
+def test_uvicorn_uds_and_fd_are_refused_because_url_could_not_tell_the_truth(args):
+    with pytest.raises(ValueError, match="not supported"):
+        Uvicorn(TICKER, extra_args=args, allow_non_loopback=True)
+
+
+@pytest.mark.parametrize("bind", ["unix:/tmp/x.sock", "fd://3"])
+def test_gunicorn_unix_and_fd_binds_are_refused(bind):
+    with pytest.raises(ValueError, match="not supported"):
+        Gunicorn(TICKER, extra_args=["-b", bind], allow_non_loopback=True)
+
+
+def _listening(pid: int) -> set[str]:
+    family = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    return {f"{c.laddr.ip}:{c.laddr.port}" for p in family for c in p.net_connections("tcp")
+            if c.status == psutil.CONN_LISTEN}
+
+
+def test_a_loopback_host_other_than_127_0_0_1_is_bound_and_reported():
+    with Uvicorn(TICKER, extra_args=["--host", "127.0.0.2"]) as server:
+        assert server.url == f"http://127.0.0.2:{server.port}"
+        assert httpx.get(server.url + "/health").json()["ok"] is True
+        assert _listening(server.pid) == {f"127.0.0.2:{server.port}"}
+
+
+@pytest.mark.parametrize("kind", ["uvicorn", "gunicorn"])
+def test_allow_non_loopback_warns_binds_every_interface_and_url_says_so(kind):
+    with pytest.warns(RuntimeWarning, match=r"listens on 0\.0\.0\.0.*reachable from other machines"):
+        if kind == "uvicorn":
+            server = Uvicorn(TICKER, extra_args=["--host", "0.0.0.0"], allow_non_loopback=True)
+        else:
+            server = Gunicorn(TICKER, extra_args=["-b", "0.0.0.0"], allow_non_loopback=True)
+    with server:
+        assert server.url == f"http://0.0.0.0:{server.port}"
+        assert _listening(server.pid) == {f"0.0.0.0:{server.port}"}
+        assert "0.0.0.0" in server.command
+        assert httpx.get(f"http://127.0.0.1:{server.port}/health").json()["ok"] is True
+
+
 # -- gunicorn --timeout: a heartbeat, not a request timeout ------------------------------
 
 def test_gunicorn_timeout_spares_a_long_stream_on_a_healthy_loop(gunicorn_uv):

@@ -9,9 +9,17 @@ They only log, so a notebook can see a worker's life next to gunicorn's own line
 
 ``streamlab.Gunicorn`` waits for the "ready" line of every worker before it
 returns from ``start()``.
+
+``post_fork`` ties each worker's life to the arbiter (``PR_SET_PDEATHSIG`` SIGKILL,
+``streamlab/_lifetime.py``): the tie the arbiter has to the notebook is cleared in
+its forked children, and an orphaned worker would go on serving under init. The
+arbiter forks from its main thread, so the signal comes when the arbiter dies, not
+before.
 """
 
 import sys
+
+from streamlab._lifetime import die_with_parent
 
 
 def _say(text: str) -> None:
@@ -19,6 +27,10 @@ def _say(text: str) -> None:
     # newline separately, so two workers' lines could run together and hide a "ready" line.
     sys.stderr.write(f"streamlab.gunicorn {text}\n")
     sys.stderr.flush()
+
+
+def post_fork(server, worker) -> None:
+    die_with_parent(parent_pid=worker.ppid)  # in the worker, right after the fork
 
 
 def post_worker_init(worker) -> None:
