@@ -63,12 +63,15 @@ async def lifespan(app: FastAPI):
 
 app = FastAPI(title="streamlab resumable SSE", lifespan=lifespan)
 app.add_middleware(DisconnectLog)
-PID = {"X-Streamlab-Pid": str(os.getpid())}
+
+
+def _pid() -> dict[str, str]:
+    return {"X-Streamlab-Pid": str(os.getpid())}  # per call: under gunicorn --preload the module is imported once
 
 
 def _error(status: int, message: str, param: str | None = None) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": param,
-                                   "code": None}}, status_code=status, headers=PID)
+                                   "code": None}}, status_code=status, headers=_pid())
 
 
 async def _tokens(run_id: str, route: str, q: str, spec: str | None):
@@ -90,12 +93,12 @@ async def create_run(request: Request, q: str = PROMPT, run_id: str | None = Non
     started = await runs().start(run_id, lambda: _tokens(run_id, "/runs produce", q, spec))
     body = {"run_id": run_id, "stream": f"/runs/{run_id}/stream", "started": started, "store": _store_name(),
             "pid": os.getpid()}
-    return JSONResponse(body, status_code=201 if started else 200, headers=PID)
+    return JSONResponse(body, status_code=201 if started else 200, headers=_pid())
 
 
 @app.get("/runs/{run_id}/stream")
 async def stream_run(request: Request, run_id: str):
-    return await runs().response(request, run_id, headers=PID)
+    return await runs().response(request, run_id, headers=_pid())
 
 
 @app.get("/chat/sse")
@@ -107,9 +110,9 @@ async def chat_sse(request: Request, q: str = PROMPT):
             yield f"event: {kind}\ndata: {data}\n\n".encode()
 
     return StreamingResponse(frames(), media_type="text/event-stream",
-                             headers={**SSE_HEADERS, "X-Request-ID": rid, **PID})
+                             headers={**SSE_HEADERS, "X-Request-ID": rid, **_pid()})
 
 
 @app.get("/health")
 async def health():
-    return JSONResponse({"ok": True, "pid": os.getpid(), "store": _store_name()}, headers=PID)
+    return JSONResponse({"ok": True, "pid": os.getpid(), "store": _store_name()}, headers=_pid())

@@ -1,0 +1,273 @@
+"""Resumable SSE (``streamlab.fixes.ResumableRuns``, ``streamlab.apps.resumable``) against real faults.
+
+The stack is real: ``redis-server`` (``sl.RedisServer``), the mock model, two gunicorn
+replicas of ``streamlab.apps.resumable:app`` with 2 uvicorn workers each (4 workers),
+a non-sticky round-robin ``sl.Balancer`` in front, and real nginx where a proxy
+timeout is the fault. Each scenario runs the plain SSE baseline (``/chat/sse``: the
+model call lives in the request) and the resumable run (``POST /runs``, then
+``resume_stream`` on ``/runs/{id}/stream``), and counts for the resumable run:
+tokens received (each index 0..n-1 exactly once, in order), duplicates, and
+``model_runs``, the chat requests the mock got for that run's prompt (must be 1).
+
+Why two replicas: round robin alternates between them, so the ``POST`` (whose
+worker runs the model call) and the first stream connection land in different
+processes, and the worker killed mid-stream is the one serving the stream, never
+the producer. (A killed producer ends the run with ``producer lost``: resuming is
+not a continuation; see the module docstring of ``streamlab/fixes/_resume.py``.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+
+import httpx
+import pytest
+
+import streamlab as sl
+from streamlab import hops
+from streamlab.fixes import InMemoryStore, RedisStore, ResumableStream, resume_stream
+from streamlab.fixes._resume import event_id_key
+
+APP = "streamlab.apps.resumable:app"
+TOKENS = 40
+SCALE = 0.1  # wall-clock seconds per scenario second: itl 0.5 s -> 50 ms, a 30 s stall -> 3 s
+
+pytestmark = pytest.mark.skipif(not sl.redis_available(), reason="redis-server is not installed")
+
+
+@pytest.fixture(scope="module")
+def stack():
+    with sl.time_scale(SCALE), sl.RedisServer() as redis, sl.MockLLM(tokens=TOKENS, itl=0.5) as mock:
+        env = {"STREAMLAB_MODEL_URL": mock.base_url, "STREAMLAB_REDIS_URL": redis.url, "STREAMLAB_LOG_TOKENS": "1"}
+        # --preload: the app (langchain) is imported once per replica and workers fork from it,
+        # so a killed worker is replaced at once instead of after a fresh import
+        options = dict(workers=2, env=env, timeout=300, extra_args=["--preload"])
+        with sl.Gunicorn(APP, **options) as a, sl.Gunicorn(APP, **options) as b, sl.Balancer([a, b]) as lb:
+            yield {"redis": redis, "mock": mock, "replicas": [a, b], "lb": lb}
+
+
+def _prompt(name: str) -> str:
+    return f"{name} {uuid.uuid4().hex[:8]}"
+
+
+def _model_runs(mock: sl.MockLLM, prompt: str) -> int:
+    return sum(1 for entry in mock.journal.chat() if entry.last_user_message == prompt)
+
+
+def _indices(events) -> list[int]:
+    return [json.loads(e.data if hasattr(e, "data") else e["data"])["i"] for e in events
+            if (e.event if hasattr(e, "event") else e.get("event")) == "token"]
+
+
+def _start_run(base: str, prompt: str, spec: str | None = None) -> dict:
+    params = {"q": prompt, **({"spec": spec} if spec else {})}
+    reply = httpx.post(base + "/runs", params=params, timeout=10)
+    assert reply.status_code == 201, reply.text
+    return {**reply.json(), "upstream": reply.headers.get("x-streamlab-upstream")}
+
+
+def _in_thread(fn, *args, **kwargs) -> threading.Thread:
+    thread = threading.Thread(target=fn, args=args, kwargs=kwargs, daemon=True)
+    thread.start()
+    return thread
+
+
+def _wait(predicate, timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not met within {timeout} s")
+        time.sleep(0.005)
+
+
+def _owner(replicas, pid: int):
+    for server in replicas:
+        if pid in server.worker_pids():
+            return server
+    raise AssertionError(f"pid {pid} is no worker of the replicas")
+
+
+def _assert_exactly_once(stream: ResumableStream) -> None:
+    assert stream.outcome == "complete", stream.connections
+    assert _indices(stream.events) == list(range(TOKENS)), "every token once, in order"
+    assert stream.duplicates == 0
+    assert json.loads(stream.events[-1].data) == {"tokens": TOKENS}
+    ids = [e.id for e in stream.events]
+    assert all(event_id_key(x) < event_id_key(y) for x, y in zip(ids, ids[1:])), "ids strictly increasing"
+
+
+# -- (1) a worker killed mid-stream ----------------------------------------------------------
+
+def test_worker_killed_mid_stream_cuts_the_baseline(stack):
+    lb, replicas, mock = stack["lb"], stack["replicas"], stack["mock"]
+    prompt, rid = _prompt("kill-baseline"), f"kb-{uuid.uuid4().hex[:6]}"
+    stream = sl.HTTPStream(lb.url + "/chat/sse", headers={"X-Request-ID": rid}, unit="event",
+                           timeout=httpx.Timeout(10.0))
+    thread = _in_thread(stream.run)
+    _wait(lambda: any(s.log_lines(rf"rid={rid} /chat/sse token 5 ") for s in replicas), what="token 5")
+    server = next(s for s in replicas if s.log_lines(rf"rid={rid} /chat/sse token 5 "))
+    pid = int(stream.result.headers["x-streamlab-pid"])
+    server.kill_worker(pid)
+    thread.join(10)
+    assert stream.result.outcome == "cut" and isinstance(stream.result.error, httpx.RemoteProtocolError)
+    assert 5 <= len(_indices(stream.result.events)) < TOKENS
+    server.wait_workers()
+
+
+def test_worker_killed_mid_stream_resumable_run_completes_once(stack):
+    lb, replicas, mock = stack["lb"], stack["replicas"], stack["mock"]
+    prompt = _prompt("kill-resume")
+    run = _start_run(lb.url, prompt)
+    result = ResumableStream(run["stream"])
+    thread = _in_thread(lambda: list(resume_stream(lb.url + run["stream"], result=result, retry=0.5)))
+    _wait(lambda: len(result.events) >= 8, what="8 events")
+    served_by = int(result.connections[0]["pid"])
+    assert served_by != run["pid"], "round robin put the stream on the other replica"
+    server = _owner(replicas, served_by)
+    server.kill_worker(served_by)
+    thread.join(15)
+    _assert_exactly_once(result)
+    assert result.connections[0]["ended"] == "cut: RemoteProtocolError"
+    assert result.reconnects >= 1 and all(int(c["pid"]) != served_by for c in result.connections[1:])
+    assert _model_runs(mock, prompt) == 1
+    server.wait_workers()
+
+
+# -- (2) a proxy read timeout during a model stall -------------------------------------------
+
+@pytest.mark.skipif(not sl.nginx_available(), reason="nginx is not installed")
+def test_proxy_read_timeout_during_a_stall_cuts_the_baseline_and_the_run_resumes(stack):
+    lb, mock = stack["lb"], stack["mock"]
+    spec = "stall@5=30"  # 3 s of silence at SCALE; nginx gives up after 1 s
+    with sl.proxy_for(upstream=lb.url, faults=[hops.ReadTimeout(seconds=10)], prefer="nginx") as nginx:
+        assert nginx.kind.startswith("real nginx")
+        baseline_prompt = _prompt("timeout-baseline")
+        baseline = sl.HTTPStream(nginx.url + f"/chat/sse?q={baseline_prompt}&spec={spec}", unit="event",
+                                 timeout=httpx.Timeout(10.0)).run()
+        assert baseline.outcome == "cut"
+        assert _indices(baseline.events) == list(range(5))
+        assert nginx.log_lines("upstream timed out")
+
+        prompt = _prompt("timeout-resume")
+        run = _start_run(nginx.url, prompt, spec)
+        result = ResumableStream(run["stream"])
+        list(resume_stream(nginx.url + run["stream"], result=result, retry=0.5))
+        _assert_exactly_once(result)
+        assert result.reconnects >= 1
+        assert result.connections[0]["ended"] == "cut: RemoteProtocolError"
+        assert _model_runs(mock, prompt) == 1
+
+
+# -- (3) the client's network drops ----------------------------------------------------------
+
+def _drop_then_resume(base: str, run: dict) -> tuple[list, ResumableStream]:
+    first = sl.HTTPStream(base + run["stream"], abort=sl.Abort(after_chunks=6), unit="event",
+                          timeout=httpx.Timeout(10.0)).run()
+    assert first.outcome == "aborted"
+    events = first.events
+    assert len(events) == 6
+    result = ResumableStream(run["stream"])
+    list(resume_stream(base + run["stream"], last_event_id=events[-1]["id"], result=result))
+    return events, result
+
+
+def test_client_network_drop_then_last_event_id_gets_the_rest_once(stack):
+    lb, mock = stack["lb"], stack["mock"]
+    prompt = _prompt("drop")
+    run = _start_run(lb.url, prompt)
+    first, rest = _drop_then_resume(lb.url, run)
+    assert rest.outcome == "complete" and rest.duplicates == 0
+    assert _indices(first) + _indices(rest.events) == list(range(TOKENS))
+    assert rest.connections[0]["last_event_id"] == first[-1]["id"]
+    assert _model_runs(mock, prompt) == 1
+
+
+# -- (4) ids under a burst: langgraph#8112 ----------------------------------------------------
+
+def _burst(store, run_id: str, n: int) -> list[str]:
+    async def go():
+        assert await store.create(run_id)
+        ids = [await store.append(run_id, "token", str(i)) for i in range(n)]
+        read = await store.read(run_id, ids[99], timeout=0)
+        await store.aclose()
+        return ids, read
+
+    ids, read = asyncio.run(go())
+    assert [e.data for e in read] == [str(i) for i in range(100, 600)], "a read after id k starts at k+1"
+    return ids
+
+
+@pytest.mark.parametrize("kind", ["redis", "memory"])
+def test_ids_strictly_increasing_within_one_millisecond(stack, kind):
+    store = RedisStore(stack["redis"].url) if kind == "redis" else InMemoryStore()
+    ids = _burst(store, f"burst-{kind}-{uuid.uuid4().hex[:6]}", 2000)
+    keys = [event_id_key(i) for i in ids]
+    assert len(set(ids)) == len(ids)
+    assert all(x < y for x, y in zip(keys, keys[1:]))
+    if kind == "redis":
+        per_ms: dict[int, int] = {}
+        for ms, _ in keys:
+            per_ms[ms] = per_ms.get(ms, 0) + 1
+        assert max(per_ms.values()) >= 2, "the burst put several events into one millisecond"
+
+
+def test_a_burst_through_the_app_keeps_ids_strictly_increasing(stack):
+    lb, mock = stack["lb"], stack["mock"]
+    run = _start_run(lb.url, _prompt("burst"), "tokens=300,itl=0")
+    result = ResumableStream(run["stream"])
+    list(resume_stream(lb.url + run["stream"], result=result))
+    assert result.outcome == "complete" and _indices(result.events) == list(range(300))
+    keys = [event_id_key(e.id) for e in result.events]
+    assert all(x < y for x, y in zip(keys, keys[1:]))
+
+
+# -- the store's contract, over HTTP ---------------------------------------------------------
+
+def test_a_run_starts_once_per_run_id_and_bad_input_gets_4xx(stack):
+    lb, mock = stack["lb"], stack["mock"]
+    prompt, run_id = _prompt("once"), f"once-{uuid.uuid4().hex[:6]}"
+    replies = [httpx.post(lb.url + "/runs", params={"q": prompt, "run_id": run_id}, timeout=10) for _ in range(4)]
+    assert sorted(r.status_code for r in replies) == [200, 200, 200, 201]
+    assert len({r.headers["x-streamlab-upstream"] for r in replies}) == 2, "both replicas were asked"
+    result = ResumableStream("")
+    list(resume_stream(lb.url + f"/runs/{run_id}/stream", result=result))
+    assert result.outcome == "complete" and _model_runs(mock, prompt) == 1
+    bad_id = httpx.get(lb.url + f"/runs/{run_id}/stream", headers={"Last-Event-ID": "yesterday"})
+    assert bad_id.status_code == 400 and bad_id.json()["error"]["param"] == "last_event_id"
+    assert httpx.get(lb.url + "/runs/no-such-run/stream").status_code == 404
+    assert httpx.post(lb.url + "/runs", params={"run_id": "a b/c"}).status_code == 400
+    tail = httpx.get(lb.url + f"/runs/{run_id}/stream", params={"last_event_id": result.events[-2].id})
+    assert tail.status_code == 200 and tail.text.count("\nevent: ") + tail.text.startswith("event: ") == 1
+
+
+def test_redis_calls_per_event(stack):
+    lb, redis = stack["lb"], stack["redis"]
+    run = _start_run(lb.url, _prompt("calls"))
+    redis.reset_stats()
+    result = ResumableStream(run["stream"])
+    list(resume_stream(lb.url + run["stream"], result=result))
+    calls = redis.command_calls()
+    events = len(result.events)
+    assert result.outcome == "complete" and events == TOKENS + 1
+    assert calls.get("xadd", 0) <= events  # the producer: one XADD per event (some came before reset_stats)
+    assert calls["xread"] <= events + 2  # one reader: at most one XREAD per event, plus a first and a last
+    print(f"\nredis calls for {events} events, 1 reader: {dict(sorted(calls.items()))}")
+
+
+# -- (5) the in-process store, one process ---------------------------------------------------
+
+def test_in_memory_store_in_one_process_resumes_after_a_drop():
+    with sl.time_scale(SCALE), sl.MockLLM(tokens=TOKENS, itl=0.5) as mock, \
+            sl.Uvicorn(APP, env={"STREAMLAB_MODEL_URL": mock.base_url}) as app:
+        assert httpx.get(app.url + "/health").json()["store"] == "memory"
+        prompt = _prompt("memory")
+        run = _start_run(app.url, prompt)
+        first, rest = _drop_then_resume(app.url, run)
+        assert rest.outcome == "complete" and rest.duplicates == 0
+        assert _indices(first) + _indices(rest.events) == list(range(TOKENS))
+        assert [e["id"] for e in first] == [str(i) for i in range(1, 7)]
+        assert _model_runs(mock, prompt) == 1
