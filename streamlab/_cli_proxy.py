@@ -47,6 +47,24 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentPar
     p.add_argument("--fault", action="append", default=[], metavar="SPEC", help="a fault spec (repeatable)")
     p.add_argument("--time-scale", type=float, default=None, help="wall-clock seconds per scenario second")
     p.add_argument("--no-record", action="store_true", help="keep no hop log (benchmarks)")
+    limits = p.add_argument_group("request limits (nginx names and defaults)")
+    limits.add_argument("--client-header-timeout", type=float, default=60.0, metavar="SECONDS",
+                        help="the whole request head must arrive within this (default 60)")
+    limits.add_argument("--client-body-timeout", type=float, default=60.0, metavar="SECONDS",
+                        help="idle time between request body reads (default 60)")
+    limits.add_argument("--keepalive-timeout", type=float, default=75.0, metavar="SECONDS",
+                        help="idle time of a kept-alive client connection (default 75)")
+    limits.add_argument("--large-client-header-buffers", default="4x8k", metavar="NxSIZE",
+                        help="request head limit: line > SIZE -> 414/400, head > 1k + N x SIZE -> 400 "
+                             "(default 4x8k)")
+    limits.add_argument("--client-max-body-size", default="1m", metavar="SIZE",
+                        help="larger request bodies get 413; 0: no limit (default 1m)")
+    limits.add_argument("--proxy-buffer-size", default="64k", metavar="SIZE",
+                        help="largest upstream response head, else 502 (default 64k; --buffering sets its own)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; others need --allow-non-loopback)")
+    p.add_argument("--allow-non-loopback", action="store_true",
+                   help="really listen on a non-loopback --host (the proxy has no authentication)")
     group = p.add_argument_group("hop faults (one flag per registered fault)")
     for name, cls in hops.REGISTRY.items():
         if name == "noop":
@@ -89,8 +107,18 @@ def run(args: argparse.Namespace) -> int:
     except hops.SpecError as exc:
         print(f"streamlab proxy: {exc}", file=sys.stderr)
         return 2
-    settings = dict(upstream=args.upstream, faults=faults, profile=args.profile,
-                    proxy_http_version=args.proxy_http_version, record=not args.no_record, port=args.port)
+    try:
+        count, _, size = args.large_client_header_buffers.lower().partition("x")
+        settings = dict(upstream=args.upstream, faults=faults, profile=args.profile,
+                        proxy_http_version=args.proxy_http_version, record=not args.no_record, port=args.port,
+                        client_header_timeout=args.client_header_timeout,
+                        client_body_timeout=args.client_body_timeout, keepalive_timeout=args.keepalive_timeout,
+                        large_client_header_buffers=(int(count), size or "8k"),
+                        client_max_body_size=args.client_max_body_size, proxy_buffer_size=args.proxy_buffer_size,
+                        host=args.host, allow_non_loopback=args.allow_non_loopback)
+    except ValueError as exc:
+        print(f"streamlab proxy: {exc}", file=sys.stderr)
+        return 2
     try:
         if args.engine == "nginx":
             if not nginx_available():
