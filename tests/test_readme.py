@@ -48,7 +48,7 @@ def test_python_blocks_run_in_order_in_one_kernel(tmp_path):
     # the outcomes the README's comments promise
     for promised in ("cut mid-stream 12 httpx.RemoteProtocolError", "complete 200", "stalled / timed out",
                      "cut mid-stream 5 httpx.RemoteProtocolError", "read_timeout", "aborted",
-                     "CLIENT DISCONNECT", "2 workers", "nothing left running"):
+                     "CLIENT DISCONNECT", "2 workers", "broken", "fixed", "nothing left running"):
         assert promised in text, f"README output lacks {promised!r}:\n{text}"
 
 
@@ -102,3 +102,44 @@ def test_no_tracked_file_points_outside_the_repository():
         for number, line in enumerate(text.splitlines(), 1):
             found += [f"{name}:{number}: {p}" for p in pointers if p in line]
     assert not found, "files that point outside the repository:\n" + "\n".join(found)
+
+
+def test_jupyter_lab_starts_as_the_readme_says_on_loopback(tmp_path):
+    """``.venv/bin/jupyter lab notebooks/ --no-browser`` starts (as root too) and answers on 127.0.0.1 only."""
+    import os
+    import signal
+    import time
+
+    import httpx
+
+    from streamlab._servers import free_port
+
+    port = free_port()
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime")}
+    proc = subprocess.Popen([str(ROOT / ".venv" / "bin" / "jupyter"), "lab", "notebooks/", "--no-browser",
+                             f"--port={port}", "--ServerApp.port_retries=0"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        answer = None
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                answer = httpx.get(f"http://127.0.0.1:{port}/api", timeout=2)
+                break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        assert proc.poll() is None, f"jupyter lab exited: {proc.stderr.read()[-1500:]}"
+        assert answer is not None and answer.status_code == 200 and "version" in answer.json()
+        import psutil
+
+        listening = {c.laddr.ip for c in psutil.Process(proc.pid).net_connections("inet")
+                     if c.status == psutil.CONN_LISTEN}
+        assert listening == {"127.0.0.1"}, listening
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+        proc.stderr.close()
