@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import sys
 
 __all__ = ["require"]
 
@@ -29,6 +30,7 @@ def require(**pinned: str) -> str:
         if have != version:
             wrong.append(f"{dist}: {have}, expected {version}")
     if wrong:
-        raise VersionMismatch("; ".join(wrong) + ". Run `python3 tools/install.py` (pinned versions) and "
-                              "restart the kernel on the .venv interpreter.")
+        raise VersionMismatch("; ".join(wrong) + f". This kernel runs {sys.executable}. Run `python3 tools/install.py` "
+                              "(pinned versions), then pick the kernel \"streamlab (.venv)\" (Kernel > Change "
+                              "Kernel) and restart it.")
     return "versions as pinned: " + ", ".join(found)
