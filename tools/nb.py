@@ -97,6 +97,13 @@ def build(source: Path, execute: bool = True) -> Path:
 
     nb = to_notebook(parse(source))
     if execute:
+        from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+        try:
+            KernelSpecManager().get_kernel_spec(KERNEL["name"])
+        except NoSuchKernel:
+            raise SystemExit(f"no Jupyter kernel {KERNEL['name']!r}: run python3 tools/install.py (it registers "
+                             f"the venv's interpreter as {KERNEL['display_name']!r})") from None
         client = NotebookClient(nb, timeout=300, kernel_name=KERNEL["name"], allow_errors=False,
                                 resources={"metadata": {"path": str(NOTEBOOKS)}})
         # cells tagged raises-exception may fail; nbclient honours the tag itself
