@@ -27,6 +27,7 @@ unknown fields are ignored, as by most OpenAI-compatible servers. Limits live in
     tools                       array of at most 128 {type: "function", function: {name (1..64 of
                                 A-Z a-z 0-9 _ -), description?: string, parameters?: object}}
     tool_choice                 "none", "auto", "required" or {type: "function", function: {name}}
+                                naming one of ``tools``
     user / response_format,     string / object
       logit_bias, metadata
 """
@@ -326,4 +327,9 @@ def parse_body(raw: bytes) -> dict:
     for key, rule in BODY.items():
         if key in body:
             rule(body[key], key)
+    choice = body.get("tool_choice")
+    if isinstance(choice, dict):
+        wanted = choice["function"]["name"]
+        if wanted not in [t["function"]["name"] for t in body.get("tools") or []]:
+            raise _bad_value("tool_choice", f"function {_spec.echo(wanted)} is not in 'tools'.")
     return body

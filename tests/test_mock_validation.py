@@ -160,6 +160,7 @@ def test_function_without_parameters_is_supported(client):
     ("stream_options", "x"), ("stream_options", 1), ("stream_options", {"include_usage": "yes"}),
     ("temperature", 2.5), ("temperature", -1), ("temperature", "hot"), ("top_p", 1.5), ("n", 2), ("n", 0),
     ("n", "1"), ("stop", ["a"] * 5), ("tool_choice", "sometimes"), ("model", 1), ("model", None),
+    ("tool_choice", {"type": "function", "function": {"name": "not_in_tools"}}),
 ])
 def test_wrong_type_or_range_per_field_is_400(client, field, value):
     error = assert_json_400(client.post("/v1/chat/completions", json={**GOOD, "stream": True, field: value}))
