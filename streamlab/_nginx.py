@@ -83,7 +83,7 @@ _FOREVER = "1d"    # "no such timeout": nginx needs some value
 TEMP_PREFIX = "streamlab-nginx-"
 OWNER_FILE = "owner"  # "<owner pid> <nginx process group>" in every temp dir
 # the watchdog: blocks on a pipe only this process writes; EOF = this process is gone
-_WATCHDOG = 'read _ ; kill -KILL -- -"$1" 2>/dev/null; rm -rf -- "$2"'
+_WATCHDOG = 'read _ ; kill -KILL -"$1" 2>/dev/null; rm -rf -- "$2"'  # dash: no "--" before a -pgid
 
 
 class NginxUnsupported(ValueError):
