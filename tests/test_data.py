@@ -10,10 +10,20 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
-import data  # noqa: E402  (tools/data.py)
 
-sys.path.remove(str(ROOT / "tools"))
+
+def _load_tool():
+    """tools/data.py under its own module name (``data`` alone would be the data/ folder)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("streamlab_tools_data", ROOT / "tools" / "data.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+data = _load_tool()
 
 
 def stored(name):
