@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from urllib.parse import parse_qs
 
+import psutil
 import pytest
 
 import streamlab as sl
@@ -29,7 +30,19 @@ from streamlab._diagnose import CAUSES, LAYERS, DiagnoseError, diagnose
 from streamlab._servers import ThreadedASGIServer, free_port
 from streamlab._timescale import time_scale, to_real
 
-pytestmark = pytest.mark.usefixtures("clean_slate")  # tests/conftest.py: no server or child left
+@pytest.fixture(autouse=True)
+def _fresh():
+    """Like tests/conftest.py's clean_slate, but the module-scoped ``blocking_app`` may be up: real time (1.0)
+    for the test, and no server or child process it started is left afterwards."""
+    servers = {id(s) for s in sl.running_servers()}
+    children = {p.pid for p in psutil.Process().children(recursive=True)}
+    with time_scale(1.0):
+        yield
+    assert [s for s in sl.running_servers() if id(s) not in servers] == []
+    left = [p for p in psutil.Process().children(recursive=True) if p.pid not in children and p.is_running()
+            and p.status() != psutil.STATUS_ZOMBIE]
+    assert left == []
+
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -154,11 +167,23 @@ def test_gunicorn_sync_worker_timeout_cuts_at_a_constant_time():
     assert "Server: gunicorn" in report.verdict
 
 
-def test_sync_stream_in_async_def_is_a_blocked_loop_and_astream_is_ok():
-    with time_scale(0.1), sl.MockLLM(tokens=12, itl=0.2) as mock, \
+@pytest.fixture(scope="module")
+def blocking_app():
+    """The mock and ``streamlab.apps.blocking`` under uvicorn at time_scale 0.05, shared by the tests below
+    (the app imports LangChain: 3-10 s to start on a busy machine). Root conftest.py stops them at the end."""
+    with time_scale(SCALE), sl.MockLLM(tokens=12, itl=0.4) as mock, \
             sl.Uvicorn("streamlab.apps.blocking:app", env={"STREAMLAB_MODEL_URL": mock.base_url}) as app:
-        broken = diagnose(app.url + "/stream/sync?spec=stall@3=15", steps=("timeline", "health"))
-        fixed = diagnose(app.url + "/stream/async?spec=stall@3=15", steps=("timeline", "health"))
+        yield mock, app
+
+
+SCALE = 0.05
+
+
+def test_sync_stream_in_async_def_is_a_blocked_loop_and_astream_is_ok(blocking_app):
+    mock, app = blocking_app
+    with time_scale(SCALE):
+        broken = diagnose(app.url + "/stream/sync?spec=stall@3=30", steps=("timeline", "health"))
+        fixed = diagnose(app.url + "/stream/async?spec=stall@3=30", steps=("timeline", "health"))
     expect(broken, "blocked_loop", "app")
     assert "/health answered in" in broken.verdict
     expect(fixed, "ok", "app")
@@ -166,21 +191,22 @@ def test_sync_stream_in_async_def_is_a_blocked_loop_and_astream_is_ok():
 
 # -- with the model's journal (model=) ------------------------------------------------------
 
-def test_the_journal_shows_a_silent_model_behind_an_app_that_looks_complete():
-    with time_scale(0.05), sl.MockLLM(tokens=20, itl=0.3) as mock, \
-            sl.Uvicorn("streamlab.apps.chat:app", env={"STREAMLAB_MODEL_URL": mock.base_url}) as app:
-        blind = diagnose(app.url + "/chat/sse?spec=silent@12", steps=("timeline",))
-        report = diagnose(app.url + "/chat/sse?spec=silent@12", model=mock, steps=("timeline", "model_journal"))
+def test_the_journal_shows_a_silent_model_behind_an_app_that_looks_complete(blocking_app):
+    mock, app = blocking_app
+    with time_scale(SCALE):
+        blind = diagnose(app.url + "/stream/async?spec=silent@7", steps=("timeline",))
+        report = diagnose(app.url + "/stream/async?spec=silent@7", model=mock, steps=("timeline", "model_journal"))
     expect(blind, "ok", "app")  # the app sent its done event: the client alone cannot tell
     expect(report, "silent_truncation", "model")
-    assert "the model sent 12/20 tokens" in report.verdict
+    assert "the model sent 7/12 tokens" in report.verdict
 
 
-def test_the_journal_shows_what_the_model_sent_past_an_idle_timeout():
-    with time_scale(0.02), sl.MockLLM(tokens=20, itl=0.5) as mock, \
-            sl.Uvicorn("streamlab.apps.blocking:app", env={"STREAMLAB_MODEL_URL": mock.base_url}) as app, \
+def test_the_journal_shows_what_the_model_sent_past_an_idle_timeout(blocking_app):
+    mock, app = blocking_app
+    with time_scale(SCALE), \
             sl.proxy_for(upstream=app.url, faults=hops.nginx(proxy_read_timeout=60), prefer="nginx") as proxy:
-        report = diagnose(proxy.url + "/stream/async?spec=stall@5=100", model=mock, steps=("timeline", "model_journal"))
+        report = diagnose(proxy.url + "/stream/async?spec=stall@5=100", model=mock,
+                          steps=("timeline", "model_journal"))
     expect(report, "idle_timeout", "proxy")
     journal = next(f for f in report.findings if f.step == "model_journal")
     assert journal.layer == "proxy" and "lost between the model and the client" in journal.evidence
@@ -204,15 +230,16 @@ def test_cli_json_is_one_object_with_verdict_and_findings():
         assert {"layer", "cause", "evidence"} <= set(f) and f["cause"] in CAUSES and f["layer"] in LAYERS
 
 
-def test_cli_model_starts_a_mock_the_app_talks_to():
+def test_cli_model_starts_a_mock_and_reads_its_journal():
+    """--model on a fixed port; a proxy already points there, as a user's app would."""
     port = free_port()
-    base = f"http://127.0.0.1:{port}/v1"
-    with sl.Uvicorn("streamlab.apps.chat:app", env={"STREAMLAB_MODEL_URL": base}) as app:
-        done = _cli(app.url + "/chat/sse?spec=silent@7", "--model", "tokens=15,itl=0.01", "--model-port",
-                    str(port), "--steps", "timeline,model_journal", "--json")
-    assert f"mock model at {base}" in done.stderr
+    with sl.Proxy(upstream=f"http://127.0.0.1:{port}") as proxy:
+        done = _cli(proxy.url + "/s/silent@7/v1", "--model", "tokens=15,itl=0.01", "--model-port", str(port),
+                    "--steps", "timeline,model_journal", "--json")
+    assert f"mock model at http://127.0.0.1:{port}/v1" in done.stderr
     out = json.loads(done.stdout)
-    assert out["verdict"].startswith("silent_truncation at model: the model sent 7/15 tokens"), out
+    journal = next(f for f in out["findings"] if f["step"] == "model_journal")
+    assert journal["cause"] == "silent_truncation" and "the model sent 7/15 tokens" in journal["evidence"], out
 
 
 @pytest.mark.parametrize("url, message", [
