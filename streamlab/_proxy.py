@@ -13,7 +13,7 @@ toward the client, usually as an async generator: it passes on every item it is
 not meant to change, and ends the exchange early by raising ``Abort``. Timer
 faults share one link (``pace``), and a fault that only sets a knob on the
 exchange adds no link at all, so a long chain stays cheap. The sink
-(``Proxy._exchange``) writes what comes out of the last fault. A fault that holds items back must
+(``_exchange.run``) writes what comes out of the last fault. A fault that holds items back must
 release them when an ``Abort`` passes through it (nginx flushes what it holds
 before closing), so the sink's rule stays simple:
 
@@ -29,8 +29,17 @@ a profile). Rules (the wrapper holding what every fault shares: which request
 paths) are snapshotted when a request starts.
 
 Durations are scenario seconds, converted with ``to_real()`` when a fault acts.
-What the hop saw is in ``proxy.log`` (a ``HopLog``). Concrete faults, profiles
+What the hop saw is in ``proxy.log`` (a ``HopLog``, bounded). Concrete faults, profiles
 and spec parsing live in ``streamlab.hops``; real nginx in ``_nginx.py``.
+
+The proxy is split along its seams; every name that lived here is still importable from here:
+
+    _hopbase.py    Marker, Head, Abort, error_page, Fault + REGISTRY, Rule, pace, Exchange (below hops)
+    _rules.py      as_rules, chain_for, RuleSet, Configurable, profile_rules
+    _http.py       limits (nginx names, measured defaults), RequestBody spool, dates, header names
+    _exchange.py   _Upstream (response parser, head limit), _Source (connect, send), run() (the sink)
+    _proxy_conn.py _ClientConn (request parser, head/body limits and timers, keep-alive, lingering close)
+    _proxy.py      Proxy (settings, lifecycle)
 """
 
 from __future__ import annotations
