@@ -400,6 +400,19 @@ def chunk_timeouts() -> Iterator[list[str]]:
         logger.propagate = propagate
 
 
+_STAMP = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{4}\] \[\d+\] ")
+_NGINX_STAMP = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d (\[\w+\]) \d+#\d+: \*\d+ ")
+
+
+def quiet(line: str) -> str:
+    """A log line without what changes from run to run: gunicorn's ``[date] [pid]`` prefix and
+    nginx's date, process and connection numbers. (``pid=N``, ``pid:N`` and ports are left for
+    the notebooks' sanitizer, which replaces them.)"""
+    line = _STAMP.sub("", str(line))
+    line = _NGINX_STAMP.sub(r"nginx \1 ", line)
+    return line
+
+
 def describe_error(exc: BaseException | None) -> str:
     """``module.Class: message``; an empty ``str(exc)`` is replaced by what fired (``streamlab._errors.describe``)."""
     from .._errors import describe
