@@ -135,6 +135,9 @@ def mask_pids(output: dict) -> None:
     for key, value in output.get("data", {}).items():
         if key.startswith("text/"):
             output["data"][key] = mask(value if isinstance(value, str) else "".join(value))
+    if "evalue" in output:  # an error output (cells tagged raises-exception)
+        output["evalue"] = mask(output["evalue"])
+        output["traceback"] = [mask(line) for line in output.get("traceback", [])]
 
 
 def hygiene(notebook: Path) -> list[str]:
@@ -143,7 +146,7 @@ def hygiene(notebook: Path) -> list[str]:
     for i, cell in enumerate(nb["cells"]):
         for output in cell.get("outputs", []):
             data = output.get("data", {})
-            text = json.dumps(output.get("text", "")) + "".join(
+            text = json.dumps(output.get("text", "")) + json.dumps(output.get("evalue", "")) + "".join(
                 json.dumps(data.get(k, "")) for k in ("text/plain", "text/html", "text/markdown"))
             for hit in set(FORBIDDEN.findall(text)):
                 problems.append(f"{notebook.name} cell {i}: stored output holds machine-specific text {hit!r}")
