@@ -315,6 +315,12 @@ class Ladder:
     observations: dict[str, Any] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
 
+    @classmethod
+    def for_url(cls, url: str, **options: Any) -> "Ladder":
+        """A ladder for ``url`` (same options as ``diagnose``'s fields), to run single steps:
+        ``lad = Ladder.for_url(u, scale=0.02); timeline(lad); repeat(lad)``."""
+        return _target(url, **options)
+
     @property
     def origin_layer(self) -> str:
         return "model" if self.kind == "openai" else "app"
@@ -673,7 +679,7 @@ def health(ladder: Ladder) -> list[Finding]:
     if not seen or not seen["idle"] or not seen["busy"]:
         return []
     idle, worst = max(seen["idle"]), max(seen["busy"])
-    floor = 0.25 / ladder.scale
+    floor = 0.5 / ladder.scale  # half a second of wall clock: a busy machine delays a poll, not that much
     evidence = (f"{seen['url']} answered in {idle:.2f} s when idle, up to {worst:.2f} s while a stream ran "
                 f"({len(seen['busy'])} polls)")
     if worst >= max(1.0, floor, 10 * idle):
@@ -731,7 +737,8 @@ def concurrency(ladder: Ladder) -> list[Finding]:
     complete = sum(o.complete for o in runs)
     evidence = (f"{ladder.n} at once: {complete}/{ladder.n} complete, slowest {slowest:.2f} s vs {single.elapsed:.2f} s "
                 f"alone")
-    serialized = slowest >= 0.8 * ladder.n * single.elapsed and slowest - single.elapsed >= max(1.0, single.wall_floor())
+    serialized = (slowest >= 0.8 * ladder.n * single.elapsed
+                  and slowest - single.elapsed >= max(1.0, 0.5 / ladder.scale))
     if serialized:
         return [Finding(step="concurrency", layer="app", cause="blocked_loop",
                         evidence=evidence + ": the streams were served one after another")]
@@ -938,6 +945,24 @@ class Report:
 
     def __str__(self) -> str:
         return self.text()
+
+    def plot(self, ax: Any = None):
+        """A matplotlib figure of the same timeline: one lane per probe, a tick per read, the end marked."""
+        import matplotlib.pyplot as plt
+
+        rows = [(k, o) for k, o in self.observations.items() if isinstance(o, Observation)]
+        rows += [(o.label, o) for o in self.observations.get("concurrency") or []]
+        if ax is None:
+            fig, ax = plt.subplots(figsize=(8, 0.5 + 0.45 * max(1, len(rows))))
+        for y, (name, o) in enumerate(reversed(rows)):
+            ax.hlines(y, o.t_headers or 0.0, o.elapsed, color="#ccc", lw=1)
+            ax.plot([t for t, _ in o.reads], [y] * len(o.reads), "|", color="#457b9d", ms=12)
+            bad = o.ended != "clean" or (o.status or 200) >= 400
+            ax.plot([o.elapsed], [y], "x" if bad else "o", color="#e63946" if bad else "#2a9d8f", ms=9)
+        ax.set_yticks(range(len(rows)), [name for name, _ in reversed(rows)])
+        ax.set_xlabel("scenario seconds since the request")
+        ax.set_title(self.verdict[:90], fontsize=9)
+        return ax.figure
 
     def _repr_html_(self) -> str:
         import html

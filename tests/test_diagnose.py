@@ -93,12 +93,33 @@ def test_a_healthy_model_is_ok():
     ("", {"max_tokens": 8}, "length_truncation", "finish_reason: length after 8 tokens"),
     ("error@3", {}, "error_event", "after 3 tokens an error event"),
     ("servererror", {}, "http_error", "HTTP 500"),
-], ids=["silent", "length", "error-event", "500"])
+    ("cut@6", {}, "cut", "6 tokens in"),
+    ("reset@6", {}, "reset", "reset (ECONNRESET)"),
+    ("stall@4", {"max_silence": 8}, "stall", "no byte for the probe's max_silence 8 s"),
+], ids=["silent", "length", "error-event", "500", "cut", "reset", "stall"])
 def test_model_faults_are_named_at_the_model(spec, options, cause, proof):
     with time_scale(0.05), sl.MockLLM(tokens=20, itl=0.3) as mock:
-        report = diagnose(mock.base_url_for(spec) if spec else mock.base_url, **options)
+        report = diagnose(mock.base_url_for(spec) if spec else mock.base_url, steps=("timeline",), **options)
     expect(report, cause, "model")
     assert proof in report.verdict
+
+
+def test_raw_sdk_step_names_the_exception_the_openai_sdk_raises():
+    with time_scale(0.05), sl.MockLLM(tokens=20, itl=0.3) as mock:
+        report = diagnose(mock.base_url_for("cut@6"), steps=("timeline", "raw_sdk"))
+    sdk = next(f for f in report.findings if f.step == "raw_sdk")
+    assert (sdk.cause, sdk.layer) == ("cut", "model")
+    assert "openai SDK raised httpx.RemoteProtocolError after 6 tokens" in sdk.evidence
+
+
+def test_the_report_has_a_timeline_figure_and_json():
+    with time_scale(0.05), sl.MockLLM(tokens=10, itl=0.3) as mock:
+        report = diagnose(mock.base_url_for("cut@4"), steps=("timeline", "repeat"))
+    text = report.text()
+    assert "timeline:" in text and "X" in report.figure() and "<pre>" in report._repr_html_()
+    assert json.loads(report.to_json())["findings"][0]["cause"] == "cut"
+    figure = report.plot()
+    assert len(figure.axes[0].get_yticklabels()) == 2  # timeline and repeat
 
 
 # -- hops ------------------------------------------------------------------------------------
