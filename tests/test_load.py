@@ -90,8 +90,10 @@ def test_a_non_v1_url_is_fetched_with_get_and_v1_gets_a_chat_request():
 # -- whole runs on Locust ------------------------------------------------------------------------
 
 def test_clean_run_every_stream_complete_and_locust_counted_each(mock):
-    result = sl.load.run(mock.base_url, users=10, duration=3, progress=False)
+    seen: list[dict] = []
+    result = sl.load.run(mock.base_url, users=10, duration=3, progress=False, on_progress=seen.append)
     assert result.streams > 10
+    assert any(state["streams"] > 0 and state["users"] == 10 for state in seen)   # live, while it ran
     assert result.outcomes == {"complete": result.streams}
     assert result.locust["requests"] == result.streams and result.locust["failures"] == 0
     assert 15 < result.itl_ms["p50"] < 30                       # the mock's 20 ms, measured under load

@@ -119,7 +119,8 @@ class LoadResult:
         return {"streams": self.streams, "outcomes": self.outcomes, "ttft_ms": self.ttft_ms,
                 "itl_ms": self.itl_ms, "e2e_ms": self.e2e_ms, "users": self.users, "duration_s": self.duration_s,
                 "span_s": self.span_s,
-                "spawn_rate": self.spawn_rate, "workers": self.workers, "by_worker": len(self.by_worker()),
+                "spawn_rate": self.spawn_rate, "workers": self.workers,
+                "streams_per_process": sorted(self.by_worker().values(), reverse=True),
                 "locust_requests": self.locust.get("requests")}
 
     def to_json(self) -> str:

@@ -233,9 +233,9 @@ class Client:
             outcome = COMPLETE
         return {
             "start": start_wall,
-            "ttft_ms": (content[0] - t0) * 1000 if content else None,
+            "ttft_ms": round((content[0] - t0) * 1000, 3) if content else None,
             "itl_ms": [round((b - a) * 1000, 3) for a, b in zip(content, content[1:])],
-            "e2e_ms": (t_end - t0) * 1000,
+            "e2e_ms": round((t_end - t0) * 1000, 3),
             "bytes": nbytes,
             "events": events,
             "tokens": len(content),
