@@ -498,7 +498,7 @@ def _held(obs: Observation) -> str | None:
         return f"{head}all {n} events arrived {when} of a {obs.elapsed:.1f} s exchange, in {len(obs.reads)} reads"
     per_read = n / max(1, len(obs.reads))
     gaps = obs.gaps
-    if per_read >= 4 and gaps and max(gaps) >= max(1.0, 0.2 * obs.elapsed):
+    if per_read >= 4 and gaps and max(gaps) >= max(1.0, 0.2 * obs.elapsed, obs.wall_floor()):
         return (f"{n} events in {len(obs.reads)} reads ({per_read:.0f} per read), gaps up to {max(gaps):.1f} s "
                 f"between bursts")
     return None
@@ -678,7 +678,7 @@ def health(ladder: Ladder) -> list[Finding]:
     seen = ladder.observations.get("health")
     if not seen or not seen["idle"] or not seen["busy"]:
         return []
-    idle, worst = max(seen["idle"]), max(seen["busy"])
+    idle, worst = min(seen["idle"]), max(seen["busy"])
     floor = 0.5 / ladder.scale  # half a second of wall clock: a busy machine delays a poll, not that much
     evidence = (f"{seen['url']} answered in {idle:.2f} s when idle, up to {worst:.2f} s while a stream ran "
                 f"({len(seen['busy'])} polls)")
@@ -711,6 +711,11 @@ def repeat(ladder: Ladder) -> list[Finding]:
             pair += ": the same elapsed time with different silences"
         elif same_elapsed:
             pair += ": the same elapsed time twice"
+    elif found.cause in ("cut", "reset") and second.ended == first.ended and same_elapsed \
+            and second.tokens != first.tokens:
+        found = Finding(step="repeat", layer="proxy", cause="deadline", evidence=pair)
+        pair += (f": the same elapsed time after {first.tokens} and {second.tokens} tokens (a cut by time, not at "
+                 "a token)")
     return [Finding(step="repeat", layer=found.layer, cause=found.cause, evidence=pair)]
 
 
@@ -905,11 +910,10 @@ class Report:
         lines = [f"  {'':<14}0 s{'':{width - 6}}{span:.1f} s"]
         for name, o in rows:
             cells = [" "] * width
-            start = o.t_headers if o.t_headers is not None else 0.0
             end = o.elapsed
             for i in range(width):
                 t = (i + 0.5) * span / width
-                if start <= t <= end:
+                if t <= end:
                     cells[i] = "."
             for t, _ in o.reads:
                 cells[min(width - 1, int(t / span * width))] = "|"

@@ -164,9 +164,12 @@ def test_nginx_gzip_on_event_stream_holds_the_stream_to_the_end():
     faults = hops.nginx(gzip=True, gzip_types=("text/event-stream",))
     with time_scale(0.05), ThreadedASGIServer(sse_upstream) as app, \
             sl.proxy_for(upstream=app.url, faults=faults, prefer="nginx") as proxy:
-        report = diagnose(proxy.url + "/sse?n=8&every=2", steps=("timeline",))
+        report = diagnose(proxy.url + "/sse?n=8&every=2", direct=app.url + "/sse?n=8&every=2",
+                          steps=("timeline", "bypass_hop"))
     expect(report, "gzip", "proxy")
     assert "Content-Encoding: gzip" in report.verdict
+    bypass = next(f for f in report.findings if f.step == "bypass_hop")
+    assert (bypass.cause, bypass.layer) == ("gzip", "proxy") and "the hop in between causes it" in bypass.evidence
 
 
 def test_nginx_buffers_a_body_that_is_not_chunked():
