@@ -27,7 +27,11 @@ Exceptions a reader sees (httpx's own, plus one)::
     httpx.ConnectError         nobody listening
 
 An ``Abort`` is not an error: iteration just ends, ``result.aborted`` is True and the
-connection is closed, which the server sees as a client disconnect.
+connection is closed, which the server sees as a client disconnect. An HTTP error status
+is not an exception here either (the body is read like any other, as a browser would):
+``result.outcome`` is ``"http error"`` and ``result.status`` / ``result.body`` say which,
+and ``sl.record`` of the stream names it ``Outcome.HTTP_ERROR``. The whole tree, through
+every client, is in ``streamlab._errors``.
 """
 
 from __future__ import annotations
