@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import threading
 import time
 import uuid
@@ -35,6 +36,7 @@ from streamlab.fixes._resume import event_id_key
 APP = "streamlab.apps.resumable:app"
 TOKENS = 40
 SCALE = 0.1  # wall-clock seconds per scenario second: itl 0.5 s -> 50 ms, a 30 s stall -> 3 s
+STALL = "stall@8=20"  # a kill after 8 events lands mid-run for sure (the first request to a worker can be slow)
 
 pytestmark = pytest.mark.skipif(not sl.redis_available(), reason="redis-server is not installed")
 
@@ -42,7 +44,8 @@ pytestmark = pytest.mark.skipif(not sl.redis_available(), reason="redis-server i
 @pytest.fixture(scope="module")
 def stack():
     with sl.time_scale(SCALE), sl.RedisServer() as redis, sl.MockLLM(tokens=TOKENS, itl=0.5) as mock:
-        env = {"STREAMLAB_MODEL_URL": mock.base_url, "STREAMLAB_REDIS_URL": redis.url, "STREAMLAB_LOG_TOKENS": "1"}
+        env = {"STREAMLAB_MODEL_URL": mock.base_url, "STREAMLAB_REDIS_URL": redis.url, "STREAMLAB_LOG_TOKENS": "1",
+               "STREAMLAB_RESUME_LEASE": "2"}
         # --preload: the app (langchain) is imported once per replica and workers fork from it,
         # so a killed worker is replaced at once instead of after a fresh import
         options = dict(workers=2, env=env, timeout=300, extra_args=["--preload"])
@@ -65,7 +68,7 @@ def _indices(events) -> list[int]:
 
 def _start_run(base: str, prompt: str, spec: str | None = None) -> dict:
     params = {"q": prompt, **({"spec": spec} if spec else {})}
-    reply = httpx.post(base + "/runs", params=params, timeout=10)
+    reply = httpx.post(base + "/runs", params=params, timeout=30)
     assert reply.status_code == 201, reply.text
     return {**reply.json(), "upstream": reply.headers.get("x-streamlab-upstream")}
 
@@ -105,26 +108,26 @@ def _assert_exactly_once(stream: ResumableStream) -> None:
 def test_worker_killed_mid_stream_cuts_the_baseline(stack):
     lb, replicas, mock = stack["lb"], stack["replicas"], stack["mock"]
     prompt, rid = _prompt("kill-baseline"), f"kb-{uuid.uuid4().hex[:6]}"
-    stream = sl.HTTPStream(lb.url + "/chat/sse", headers={"X-Request-ID": rid}, unit="event",
-                           timeout=httpx.Timeout(10.0))
+    stream = sl.HTTPStream(lb.url + "/chat/sse", headers={"X-Request-ID": rid, "X-Streamlab": STALL},
+                           unit="event", timeout=httpx.Timeout(30.0))
     thread = _in_thread(stream.run)
-    _wait(lambda: any(s.log_lines(rf"rid={rid} /chat/sse token 5 ") for s in replicas), what="token 5")
-    server = next(s for s in replicas if s.log_lines(rf"rid={rid} /chat/sse token 5 "))
+    _wait(lambda: any(s.log_lines(rf"rid={rid} /chat/sse token 7 ") for s in replicas), timeout=20,
+          what="token 7")
+    server = next(s for s in replicas if s.log_lines(rf"rid={rid} /chat/sse token 7 "))
     pid = int(stream.result.headers["x-streamlab-pid"])
     server.kill_worker(pid)
     thread.join(10)
     assert stream.result.outcome == "cut" and isinstance(stream.result.error, httpx.RemoteProtocolError)
-    assert 5 <= len(_indices(stream.result.events)) < TOKENS
-    server.wait_workers()
+    assert _indices(stream.result.events) == list(range(8))
 
 
 def test_worker_killed_mid_stream_resumable_run_completes_once(stack):
     lb, replicas, mock = stack["lb"], stack["replicas"], stack["mock"]
     prompt = _prompt("kill-resume")
-    run = _start_run(lb.url, prompt)
+    run = _start_run(lb.url, prompt, STALL)
     result = ResumableStream(run["stream"])
-    thread = _in_thread(lambda: list(resume_stream(lb.url + run["stream"], result=result, retry=0.5)))
-    _wait(lambda: len(result.events) >= 8, what="8 events")
+    thread = _in_thread(lambda: list(resume_stream(lb.url + run["stream"], result=result)))
+    _wait(lambda: len(result.events) >= 8, timeout=20, what="8 events")
     served_by = int(result.connections[0]["pid"])
     assert served_by != run["pid"], "round robin put the stream on the other replica"
     server = _owner(replicas, served_by)
@@ -134,7 +137,78 @@ def test_worker_killed_mid_stream_resumable_run_completes_once(stack):
     assert result.connections[0]["ended"] == "cut: RemoteProtocolError"
     assert result.reconnects >= 1 and all(int(c["pid"]) != served_by for c in result.connections[1:])
     assert _model_runs(mock, prompt) == 1
-    server.wait_workers()
+
+
+def test_a_killed_producer_ends_the_run_with_producer_lost_not_a_hang(stack):
+    """What resuming cannot cure: the worker that runs the model call dies; the run is over."""
+    a, b = stack["replicas"]
+    mock = stack["mock"]
+    prompt = _prompt("producer-killed")
+    run = _start_run(a.url, prompt, STALL)  # the producer lives in a worker of replica a
+    result = ResumableStream(run["stream"])
+    thread = _in_thread(lambda: list(resume_stream(b.url + run["stream"], result=result)))
+    _wait(lambda: len(result.events) >= 8, timeout=20, what="8 events")
+    a.kill_worker(run["pid"])
+    t_kill = time.monotonic()
+    thread.join(15)
+    took = time.monotonic() - t_kill
+    assert result.outcome == "error" and "producer lost" in result.events[-1].data, result.connections
+    assert result.events[-1].id is None and result.duplicates == 0
+    got = _indices(result.events)
+    assert got == list(range(8)), "what was produced before the kill, once"
+    assert took < 2 + 1 + 2, f"readers learn it within lease + poll (+ margin): {took:.1f} s"
+    assert _model_runs(mock, prompt) == 1
+
+
+# -- the browser's EventSource ---------------------------------------------------------------
+
+def _chromium() -> str | None:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return None
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+EVENTSOURCE = """url => new Promise(resolve => {
+    window.got = []; window.opens = 0;
+    const es = new EventSource(url);
+    es.onopen = () => { window.opens += 1; };
+    es.addEventListener('token', e => window.got.push([e.lastEventId, JSON.parse(e.data).i]));
+    es.addEventListener('done', e => { es.close(); window.finished = e.data; });
+    resolve(true);
+})"""
+
+
+@pytest.mark.skipif(_chromium() is None, reason="playwright or chromium is not installed")
+def test_browser_eventsource_resumes_after_a_worker_kill_with_last_event_id(stack):
+    from playwright.sync_api import sync_playwright
+
+    a, b = stack["replicas"]
+    mock = stack["mock"]
+    prompt = _prompt("browser")
+    run = _start_run(a.url, prompt, STALL)  # producer on replica a, the page on replica b
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.route("**/favicon.ico", lambda route: route.abort())
+            page.goto(b.url + "/health")
+            page.evaluate(EVENTSOURCE, run["stream"])
+            _wait(lambda: page.evaluate("window.got.length") >= 8, timeout=20, what="8 events in the page")
+            served = b.wait_for_log(rf"rid={run['run_id']} /runs serve after -")
+            pid = int(served.text.split("pid=")[1].split()[0])
+            b.kill_worker(pid)
+            _wait(lambda: page.evaluate("window.finished || null") is not None, timeout=15, what="done in the page")
+            got, opens = page.evaluate("window.got"), page.evaluate("window.opens")
+        finally:
+            browser.close()
+    assert [i for _, i in got] == list(range(TOKENS)), "every token once, in order"
+    assert opens >= 2, (got, b.log_lines(rf"rid={run['run_id']} "))
+    resumed = b.log_lines(rf"rid={run['run_id']} /runs serve after \d")
+    assert resumed, "the browser reconnected with Last-Event-ID"
+    assert resumed[0].split("serve after ")[1] in {event_id for event_id, _ in got}
+    assert _model_runs(mock, prompt) == 1
 
 
 # -- (2) a proxy read timeout during a model stall -------------------------------------------
@@ -168,8 +242,8 @@ def _drop_then_resume(base: str, run: dict) -> tuple[list, ResumableStream]:
     first = sl.HTTPStream(base + run["stream"], abort=sl.Abort(after_chunks=6), unit="event",
                           timeout=httpx.Timeout(10.0)).run()
     assert first.outcome == "aborted"
-    events = first.events
-    assert len(events) == 6
+    events = [e for e in first.events if e.get("data") is not None]  # the first block is "retry: 100"
+    assert len(events) == 5 and first.events[0].get("retry")
     result = ResumableStream(run["stream"])
     list(resume_stream(base + run["stream"], last_event_id=events[-1]["id"], result=result))
     return events, result
@@ -269,5 +343,5 @@ def test_in_memory_store_in_one_process_resumes_after_a_drop():
         first, rest = _drop_then_resume(app.url, run)
         assert rest.outcome == "complete" and rest.duplicates == 0
         assert _indices(first) + _indices(rest.events) == list(range(TOKENS))
-        assert [e["id"] for e in first] == [str(i) for i in range(1, 7)]
+        assert [e["id"] for e in first] == [str(i) for i in range(1, 6)]
         assert _model_runs(mock, prompt) == 1

@@ -3,6 +3,7 @@
     gunicorn streamlab.apps.resumable:app -w 4 -k uvicorn_worker.UvicornWorker
         env: STREAMLAB_MODEL_URL=http://127.0.0.1:PORT/v1
              STREAMLAB_REDIS_URL=redis://127.0.0.1:PORT/0   (absent: in-process store, one process only)
+             STREAMLAB_RESUME_LEASE=10   wall-clock seconds until readers call a silent producer lost
 
     POST /runs?q=...&spec=...&run_id=...   start a run: the model call runs in the background of
                                            this worker and writes every token to the store.
@@ -10,16 +11,17 @@
                                            an existing run_id: 200 with "started": false (nothing rerun).
     GET  /runs/{run_id}/stream             SSE, from any worker: ``id:`` + ``event: token`` +
                                            ``data: {"i": n, "t": text}`` per token, then ``event: done``
-                                           ``data: {"tokens": n}``. ``Last-Event-ID`` (header or
-                                           ``?last_event_id=``) replays only what came after it.
+                                           ``data: {"tokens": n}``; first a ``retry:`` of 1 scenario s.
+                                           ``Last-Event-ID`` (header or ``?last_event_id=``) replays
+                                           only what came after it.
     GET  /chat/sse?q=...&spec=...          BASELINE: the same events without ids, the model call
                                            tied to the request: a cut connection ends the model run.
     GET  /health                           {"ok", "pid", "store"}.
 
 Every response names its worker in ``X-Streamlab-Pid``. Log lines (``rid=<run_id>``):
-``/runs produce token 3 'The'`` from the producer, ``/runs/stream serve after <id>`` per
-reader connection, so ``server.log_lines("rid=<run_id> /runs/stream serve")`` shows which
-worker served each (re)connection.
+``/runs produce token 3 'The'`` from the producer, ``/runs serve after <id>`` per reader
+connection (``-``: from the start), so ``server.log_lines("rid=<run_id> /runs serve")`` shows
+which worker served each (re)connection and what the client said it had.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ def runs() -> ResumableRuns:
     """One ``ResumableRuns`` per worker process, on Redis when ``STREAMLAB_REDIS_URL`` is set."""
     url = os.environ.get("STREAMLAB_REDIS_URL")
     store = RedisStore(url) if url else InMemoryStore()
-    return ResumableRuns(store, log=lambda run_id, message: log(run_id, "/runs", message))
+    lease = float(os.environ.get("STREAMLAB_RESUME_LEASE", "10"))
+    return ResumableRuns(store, lease=lease, retry=1.0, log=lambda run_id, message: log(run_id, "/runs", message))
 
 
 def _store_name() -> str:

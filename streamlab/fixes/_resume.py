@@ -336,13 +336,19 @@ class ResumableRuns:
             the producer still lives.
         ping: scenario seconds of silence before a ``: ping`` comment (None: no pings,
             so a proxy read timeout cuts the connection and the client resumes).
+        retry: scenario seconds a client should wait before it reconnects, sent as the SSE
+            ``retry:`` field first on every connection (None: the client's default; an
+            ``EventSource`` waits about 3 s).
         log: ``log(run_id, message)`` for lifecycle lines (default: none).
     """
 
     def __init__(self, store: EventStore, *, lease: float = 10.0, poll: float = 1.0, ping: float | None = None,
-                 log: Callable[[str, str], None] | None = None) -> None:
+                 retry: float | None = None, log: Callable[[str, str], None] | None = None) -> None:
         if not lease > 0 or not poll > 0:
             raise ValueError("lease and poll must be > 0 seconds")
+        if retry is not None and not retry >= 0:
+            raise ValueError("retry must be >= 0 seconds")
+        self.retry = retry
         self.store = store
         self.lease = lease
         self.poll = poll
@@ -450,7 +456,9 @@ class ResumableRuns:
                     return
 
     async def frames(self, run_id: str, last_event_id: str | None = None) -> AsyncIterator[bytes]:
-        """``events()`` as SSE frames (a ping is ``: ping``)."""
+        """``events()`` as SSE frames (a ping is ``: ping``), after a ``retry:`` field if one is set."""
+        if self.retry is not None:
+            yield f"retry: {max(0, round(to_real(self.retry) * 1000))}\n\n".encode()
         async for event in self.events(run_id, last_event_id):
             yield b": ping\n\n" if event is None else event.frame()
 
@@ -497,7 +505,8 @@ def _error(message: str, type: str, param: str | None) -> dict:
 
 @dataclass(frozen=True)
 class SSEEvent:
-    """One dispatched SSE event, as a browser's ``EventSource`` would hand it over."""
+    """One dispatched SSE event. ``id`` is the event's own ``id:`` field, None when it had none
+    (unlike ``EventSource.lastEventId``, which carries the last id over to later events)."""
 
     id: str | None
     event: str
@@ -532,12 +541,12 @@ class ResumableStream:
 def _parse_lines(lines: Iterator[str], state: dict) -> Iterator[SSEEvent]:
     """The SSE parsing algorithm (WHATWG): dispatch on a blank line; an unfinished event is dropped."""
     data: list[str] = []
-    event = ""
+    event, own_id = "", None
     for line in lines:
         if line == "":
             if data:
-                yield SSEEvent(state.get("id"), event or "message", "\n".join(data))
-            data, event = [], ""
+                yield SSEEvent(own_id, event or "message", "\n".join(data))
+            data, event, own_id = [], "", None
             continue
         if line.startswith(":"):
             continue
@@ -548,7 +557,7 @@ def _parse_lines(lines: Iterator[str], state: dict) -> Iterator[SSEEvent]:
         elif name == "event":
             event = value
         elif name == "id" and "\0" not in value:
-            state["id"] = value or None
+            state["id"] = own_id = value or None
         elif name == "retry" and value.isdigit():
             state["retry"] = int(value) / 1000
 
