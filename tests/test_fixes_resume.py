@@ -345,3 +345,30 @@ def test_in_memory_store_in_one_process_resumes_after_a_drop():
         assert _indices(first) + _indices(rest.events) == list(range(TOKENS))
         assert [e["id"] for e in first] == [str(i) for i in range(1, 6)]
         assert _model_runs(mock, prompt) == 1
+
+
+# -- the producer's lease, in process --------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["redis", "memory"])
+def test_a_run_longer_than_the_lease_is_renewed_not_lost(stack, kind):
+    from streamlab.fixes import ResumableRuns
+
+    async def slow_model():
+        for i in range(12):
+            await asyncio.sleep(0.1)  # 1.2 s in all: twice the lease
+            yield "token", str(i)
+
+    async def go():
+        store = RedisStore(stack["redis"].url) if kind == "redis" else InMemoryStore()
+        runs = ResumableRuns(store, lease=0.6, poll=0.05)
+        run_id = f"lease-{kind}-{uuid.uuid4().hex[:6]}"
+        assert await runs.start(run_id, slow_model)
+        assert not await runs.start(run_id, slow_model), "a run id starts once"
+        got = [e async for e in runs.events(run_id)]
+        late = [e async for e in runs.events(run_id, got[2].id)]
+        await runs.aclose()
+        return got, late
+
+    got, late = asyncio.run(go())
+    assert [(e.event, e.data) for e in got] == [("token", str(i)) for i in range(12)] + [("done", "[DONE]")]
+    assert [e.data for e in late] == [str(i) for i in range(3, 12)] + ["[DONE]"]

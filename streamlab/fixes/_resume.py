@@ -222,6 +222,7 @@ _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
     redis.call('pexpire', KEYS[1], ARGV[2])
     redis.call('expire', KEYS[2], ARGV[3])
+    redis.call('expire', KEYS[3], ARGV[3])
     return 1
 end
 return 0
@@ -278,7 +279,7 @@ class RedisStore(EventStore):
 
     async def renew(self, run_id: str, owner: str, lease: float) -> bool:
         self._redis()
-        keys = [self._key(run_id, "producer"), self._key(run_id, "events")]
+        keys = [self._key(run_id, "producer"), self._key(run_id, "events"), self._key(run_id, "created")]
         return bool(await self._scripts["renew"](keys=keys, args=[owner, max(1, int(lease * 1000)), self.keep]))
 
     async def release(self, run_id: str, owner: str) -> None:
