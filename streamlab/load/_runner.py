@@ -111,7 +111,8 @@ class _Progress:
     def update(self, line: dict[str, Any]) -> None:
         t = min(float(line.get("t", 0)), self.duration)
         outcomes = ", ".join(f"{k} {v}" for k, v in line.get("outcomes", {}).items()) or "-"
-        text = f"{t:4.0f}/{self.duration:g} s  {line.get('users', 0)} users  {line.get('streams', 0)} streams  {outcomes}"
+        text = (f"{t:4.0f}/{self.duration:g} s  {line.get('users', 0)} users  "
+                f"{line.get('streams', 0)} streams  {outcomes}")
         if self.widget is not None:
             self.widget.value = t
             self.label.value = text
