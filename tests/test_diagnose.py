@@ -225,6 +225,17 @@ def test_the_journal_shows_a_silent_model_behind_an_app_that_looks_complete(bloc
     assert "the model sent 7/12 tokens" in report.verdict
 
 
+def test_the_journal_proves_an_app_that_answers_at_the_end_held_the_tokens(blocking_app):
+    """/invoke/async collects the whole answer, then returns JSON: the model streamed, the app held it."""
+    mock, app = blocking_app
+    with time_scale(SCALE):
+        report = diagnose(app.url + "/invoke/async", model=mock, steps=("timeline", "model_journal"))
+    expect(report, "buffering", "app")
+    journal = next(f for f in report.findings if f.step == "model_journal")
+    assert (journal.cause, journal.layer) == ("buffering", "app") and "held at the app" in journal.evidence
+    assert "model sent" in report.figure()
+
+
 def test_the_journal_shows_what_the_model_sent_past_an_idle_timeout(blocking_app):
     mock, app = blocking_app
     with time_scale(SCALE), \
