@@ -7,6 +7,28 @@ the pipeline catches; ``Truncated`` ends a non-streaming answer early.
 
 Cut and reset reach for uvicorn's transport so the client sees a real FIN or RST; under any other
 ASGI server they fall back to raising, which makes the server drop the connection.
+
+How the body is framed (``set_transfer``, the ``transfer=`` item)::
+
+    chunked   Transfer-Encoding: chunked, each chunk written as it is generated (streams' default)
+    length    the whole answer is generated on its schedule first, then sent at once with a
+              Content-Length (non-streaming answers' default): what a buffering upstream does, and
+              what nginx buffers whole. Headers leave with the body, so a cut before the end is
+              "no response at all" for the client.
+    close     HTTP/1.0 style: status line and headers written to the transport by hand (uvicorn
+              would frame chunked), no Content-Length, no chunked framing, chunks written as they
+              are generated, the connection closed (FIN) at the end. A cut then looks like the end.
+
+When the client leaves (design note). uvicorn sets ``disconnected`` on the object behind ``send``
+when the socket closes (it keeps reading after the body); reading it costs nothing, so the token
+loop checks it at every deadline. A wait of ``WATCH_MIN`` (50 ms real) or more (the TTFT wait, a
+slow non-streaming answer, a long ITL) also wakes on uvicorn's ``message_event``, which the
+same ``connection_lost`` sets, under an ``asyncio.timeout``: no task, so the disconnect is noticed
+during the wait, not at the next deadline. Shorter waits keep a plain ``sleep`` (the benchmark's
+20 ms ITL path is unchanged; detection lags by at most one such wait). Under another ASGI server
+a ``receive()`` task (``watch``) sets ``disconnected`` instead. ``entry.disconnect`` says where it
+was noticed; ``keep_generating`` (``ondisconnect=continue``) lets the backend go on generating,
+and counting ``tokens_generated``, with nothing left to send.
 """
 
 from __future__ import annotations
@@ -25,7 +47,10 @@ from ._validate import error_body as _error_body
 if TYPE_CHECKING:  # pragma: no cover
     from ._mock import MockApp
 
-__all__ = ["Exchange", "Ended", "Truncated"]
+__all__ = ["Exchange", "Ended", "Truncated", "TRANSFERS", "WATCH_MIN"]
+
+TRANSFERS = ("chunked", "length", "close")
+WATCH_MIN = 0.05  # real seconds: a wait this long or longer wakes on the client's disconnect
 
 
 class Ended(Exception):
@@ -62,6 +87,81 @@ class Exchange:
         self.offset = 0.0  # schedule shift caused by stalls
         self.prompt_tokens = sum(count_tokens(_content_text(m.get("content"))) for m in body["messages"])
         self.max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        self.planned_finish: str | None = None
+        self.keep_generating = False  # ondisconnect=continue
+        self.gone = False  # the client left and the backend goes on generating
+        self.transfer: str | None = None  # None: chunked for a stream, length for a JSON answer
+        self._headers: dict[bytes, bytes | None] = {}
+        self._held: list[bytes] | None = None  # transfer=length: the body so far
+        self._held_head: tuple[int, list[tuple[bytes, bytes]]] | None = None
+        self._close_delimited = False  # transfer=close: head written by hand
+        self.closed_by_us = False  # transfer=close ended the body by closing: not a client disconnect
+
+    # -- response shape (set by faults on the request event) -------------------
+    def set_header(self, name: bytes, value: bytes | None) -> None:
+        """Send the answer's header ``name`` with ``value`` (replacing the mock's), or not at all (None)."""
+        self._headers[name.lower()] = value
+
+    def set_transfer(self, transfer: str) -> None:
+        """Frame the answer's body ``chunked``, with a Content-``length`` or ``close``-delimited."""
+        if transfer not in TRANSFERS:
+            raise ValueError(f"transfer is one of {', '.join(TRANSFERS)}, not {transfer!r}")
+        self.transfer = transfer
+
+    def _shaped(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        if not self._headers:
+            return headers
+        out, seen = [], set()
+        for name, value in headers:
+            if name in self._headers:
+                seen.add(name)
+                if self._headers[name] is None:
+                    continue
+                value = self._headers[name]  # type: ignore[assignment]
+            out.append((name, value))
+        out += [(n, v) for n, v in self._headers.items() if n not in seen and v is not None]
+        return out
+
+    # -- the client leaving --------------------------------------------------
+    def notice(self, where: str) -> None:
+        """Record, once, where the server noticed that the client had left."""
+        if self.entry.disconnect is None:
+            self.entry.disconnect = where
+            self.entry.t_disconnect = time.perf_counter() - self.entry.t_start
+            self.note("disconnect", f"noticed {where}")
+
+    def left(self, where: str) -> None:
+        """The client is gone: stop (raise ``Ended``) or, with ``keep_generating``, go on silently."""
+        self.notice(where)
+        if self.keep_generating:
+            self.gone = True
+            return
+        raise _Ended
+
+    async def wait_until(self, due: float) -> bool:
+        """Sleep until ``due`` (``perf_counter`` time); a long wait ends early when the client leaves.
+        True if the client is gone (the caller then calls ``left``)."""
+        delay = due - time.perf_counter()
+        if delay > 0:
+            if delay < WATCH_MIN or self.gone:
+                await asyncio.sleep(delay)
+            else:
+                await self._watched_sleep(due, delay)
+        return not self.gone and self.is_disconnected()
+
+    async def _watched_sleep(self, due: float, delay: float) -> None:
+        cycle = self._cycle
+        wake = getattr(cycle, "message_event", None) if hasattr(cycle, "disconnected") else None
+        if wake is None:
+            self.watch()
+            wake = self.disconnected
+        try:
+            async with asyncio.timeout(delay):
+                await wake.wait()
+                if not self.is_disconnected():  # woken for something else: sleep the rest plainly
+                    await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        except TimeoutError:
+            pass
 
     # -- bookkeeping -------------------------------------------------------
     def note(self, kind: str, detail: str = "", nbytes: int = 0) -> None:
@@ -93,6 +193,16 @@ class Exchange:
     # -- wire --------------------------------------------------------------
     async def start_response(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         base = [(b"x-request-id", str(self.entry.id).encode())]
+        if status == 200:
+            headers = self._shaped(headers)
+            transfer = self.transfer or "chunked"
+            if transfer == "length" and self.stream:  # held: the head leaves with the whole body
+                self._held, self._held_head = [], (status, base + headers)
+                self.entry.status = status
+                return
+            if transfer == "close" and getattr(self._cycle, "transport", None) is not None:
+                await self._write_head_by_hand(status, base + headers)
+                return
         await self._send({"type": "http.response.start", "status": status, "headers": base + headers})
         self.headers_sent = True
         cycle = self._cycle
@@ -101,9 +211,44 @@ class Exchange:
         self.entry.status = status
         self.note("status", str(status))
 
+    async def _write_head_by_hand(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        """transfer=close: an HTTP/1.0 head, no length, no chunking; the body ends when we close."""
+        lines = [b"HTTP/1.0 %d OK" % status] + [n + b": " + v for n, v in headers
+                                                if n not in (b"content-length", b"transfer-encoding")]
+        self._cycle.transport.write(b"\r\n".join(lines + [b"connection: close", b"", b""]))
+        self._close_delimited = True
+        self.headers_sent = True
+        self.entry.status = status
+        self.note("status", f"{status} (close-delimited)")
+
+    async def send_whole(self, status: int, headers: list[tuple[bytes, bytes]], data: bytes) -> None:
+        """A non-streaming answer: ``data`` framed as ``transfer`` says (default: Content-Length)."""
+        if (self.transfer or "length") == "length":
+            await self.start_response(status, headers + [(b"content-length", str(len(data)).encode())])
+            await self._send({"type": "http.response.body", "body": data, "more_body": False})
+            return
+        await self.start_response(status, headers)  # chunked: uvicorn frames a body without a length
+        if self._close_delimited:
+            self._cycle.transport.write(data)
+        elif data:
+            await self._send({"type": "http.response.body", "body": data, "more_body": True})
+        await self.finish_body()
+
     async def write(self, data: bytes) -> None:
+        if self.gone:
+            return
         if self.is_disconnected():
-            raise _Ended
+            self.left(f"at token {self.entry.tokens_sent}" if self.stream else "non-streaming wait")
+            return
+        if self._held is not None:
+            self._held.append(data)
+            return
+        if self._close_delimited:
+            await self._drain()
+            self._cycle.transport.write(data)
+            if self.events:
+                self.note("out", nbytes=len(data))
+            return
         cycle = self._cycle
         if self._raw and not cycle.flow.write_paused:
             # Fast path under uvicorn: frame the chunk ourselves and write it to the transport,
@@ -116,7 +261,35 @@ class Exchange:
             self.note("out", nbytes=len(data))
 
     async def finish_body(self) -> None:
+        if self.gone:
+            return
+        if self._held is not None:  # transfer=length: now the head and the whole body
+            body, (status, headers) = b"".join(self._held), self._held_head  # type: ignore[misc]
+            self._held = None
+            headers = [h for h in headers if h[0] not in (b"content-length", b"transfer-encoding")]
+            await self._send({"type": "http.response.start", "status": status,
+                              "headers": headers + [(b"content-length", str(len(body)).encode())]})
+            self.headers_sent = True
+            self.note("status", f"{status} (content-length {len(body)})")
+            await self._send({"type": "http.response.body", "body": body, "more_body": False})
+            return
+        if self._close_delimited:  # the end of the body is the end of the connection
+            await self._drain()
+            self.closed_by_us = True
+            drop_connection(self._cycle.transport, reset=False)
+            for _ in range(3):  # let uvicorn see connection_lost (it then expects no response)
+                await asyncio.sleep(0)
+            cycle = self._cycle
+            if not getattr(cycle, "disconnected", True):  # data still queued: tell uvicorn we are done
+                cycle.response_started = cycle.response_complete = True
+            self.note("close", "close-delimited end")
+            return
         await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _drain(self) -> None:
+        flow = getattr(self._cycle, "flow", None)
+        if flow is not None and flow.write_paused:
+            await flow.drain()
 
     # -- actions for faults -------------------------------------------------
     async def close(self, *, reset: bool, why: str) -> None:
@@ -150,7 +323,7 @@ class Exchange:
             await asyncio.wait_for(self.disconnected.wait(), seconds)
         self.offset += time.perf_counter() - started
         if self.is_disconnected():
-            raise _Ended
+            self.left("stall")
 
     async def fail_midstream(self, message: str, *, why: str) -> None:
         self.note("fault", why)

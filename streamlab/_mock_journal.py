@@ -38,10 +38,15 @@ class JournalEntry:
     status: int | None = None
     tokens_planned: int = 0
     tokens_sent: int = 0
+    tokens_generated: int = 0  # paid for: generated at their deadline, sent or not (ondisconnect=continue)
     finish_reason: str | None = None
     ended: str = "open"  # complete | cut | reset | silent | error | rejected | client disconnected
     t_start: float = 0.0
     t_end: float | None = None
+    # where the server noticed the client had left: "request body", "ttft wait", "non-streaming wait",
+    # "at token N" (a streaming deadline or write), "stall"; None if it never left (or left after the end)
+    disconnect: str | None = None
+    t_disconnect: float | None = None  # wall-clock seconds after the request arrived
     log: HopLog = field(default_factory=lambda: HopLog("model"))
     lateness: list[float] = field(default_factory=list)
 
@@ -59,6 +64,13 @@ class JournalEntry:
         while self.t_end is None and time.perf_counter() < deadline:
             time.sleep(0.002)
         return self
+
+    def paid(self) -> dict[str, Any]:
+        """Tokens paid for (generated) vs sent, and where the disconnect was noticed."""
+        return {"id": self.id, "generated": self.tokens_generated, "sent": self.tokens_sent,
+                "disconnect": self.disconnect,
+                "t_disconnect": None if self.t_disconnect is None else round(self.t_disconnect, 3),
+                "ended": self.ended}
 
     def summary(self) -> dict[str, Any]:
         return {

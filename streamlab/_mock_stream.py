@@ -72,6 +72,7 @@ async def respond(app: "MockApp", ex: Exchange, faults: list[Fault], options: di
     await run_chain(faults, Event("request"), ex)
     tokens, call, finish = plan(app, ex, options)
     ex.entry.tokens_planned = len(tokens)
+    ex.planned_finish = finish
     ttft, itl, jitter = (to_real(float(options[k])) for k in ("ttft", "itl", "jitter"))
     rng = random.Random(int(options["seed"]))
     cid = f"chatcmpl-streamlab-{ex.entry.id}"
@@ -85,11 +86,11 @@ async def respond(app: "MockApp", ex: Exchange, faults: list[Fault], options: di
 
     async def wait_for_token(i: int) -> None:
         due = deadline(i)
-        delay = due - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        if ex.is_disconnected():
-            raise _Ended
+        if await ex.wait_until(due):
+            ex.left(("ttft wait" if i == 0 else f"at token {i}") if ex.stream else "non-streaming wait")
+        ex.entry.tokens_generated += 1
+        if ex.gone:
+            return
         late = time.perf_counter() - due
         if len(ex.entry.lateness) < MAX_ENTRY_SAMPLES:
             ex.entry.lateness.append(late)
@@ -104,10 +105,15 @@ async def respond(app: "MockApp", ex: Exchange, faults: list[Fault], options: di
         try:
             for i, token in enumerate(tokens):
                 await wait_for_token(i)
+                if ex.gone:  # ondisconnect=continue: generate (and count) the rest, send nothing
+                    continue
                 await run_chain(faults, Event("token", i), ex)
                 content.append(token)
                 ex.entry.tokens_sent += 1
-            await run_chain(faults, Event("finish", len(tokens)), ex)
+            if ex.gone:
+                return
+            ended = await run_chain(faults, Event("finish", len(tokens), reason=finish), ex)
+            finish_reason = ended.reason if ended is not None else None
         except _Truncated:
             finish_reason = None
         message: dict[str, Any] = {"role": "assistant", "content": None if call else "".join(content)}
@@ -122,9 +128,7 @@ async def respond(app: "MockApp", ex: Exchange, faults: list[Fault], options: di
         if ex.malformed_body:
             data = data[: len(data) // 2]
         event = await run_chain(faults, Event("body", data=data), ex)
-        await ex.start_response(200, [(b"content-type", b"application/json"),
-                                      (b"content-length", str(len(event.data if event else b"")).encode())])
-        await ex._send({"type": "http.response.body", "body": event.data if event else b"", "more_body": False})
+        await ex.send_whole(200, [(b"content-type", b"application/json")], event.data if event else b"")
         ex.note("out", nbytes=len(event.data if event else b""))
         ex.entry.finish_reason = finish_reason
         if ex.entry.ended == "open":
@@ -136,15 +140,20 @@ async def respond(app: "MockApp", ex: Exchange, faults: list[Fault], options: di
     head = b'data: {"id":"' + cid.encode() + b'","object":"chat.completion.chunk","created":' + \
         str(created).encode() + b',"model":' + model + b',"system_fingerprint":null,"choices":['
 
+    def choice(delta: bytes, reason: str | None = None) -> bytes:
+        fr = b"null" if reason is None else json.dumps(reason).encode()
+        return b'{"index":0,"delta":' + delta + b',"logprobs":null,"finish_reason":' + fr + b"}"
+
     def chunk(delta: bytes, reason: str | None = None) -> bytes:
-        fr = b"null" if reason is None else b'"' + reason.encode() + b'"'
-        return head + b'{"index":0,"delta":' + delta + b',"logprobs":null,"finish_reason":' + fr + b"}]}\n\n"
+        return head + choice(delta, reason) + b"]}\n\n"
 
     start = await run_chain(faults, Event("start", 0, chunk(b'{"role":"assistant","content":""}')), ex)
     if start is not None:
         await ex.write(start.data)
     for i, token in enumerate(tokens):
         await wait_for_token(i)
+        if ex.gone:  # ondisconnect=continue: generate (and count) the rest, send nothing
+            continue
         if call is None:
             delta = b'{"content":' + json.dumps(token).encode() + b"}"
         else:
@@ -162,14 +171,24 @@ async def respond(app: "MockApp", ex: Exchange, faults: list[Fault], options: di
         if data is not None:
             await ex.write(data)
         ex.entry.tokens_sent += 1
-    event = await run_chain(faults, Event("finish", len(tokens), chunk(b"{}", finish)), ex)
+    if ex.gone:
+        return
+    finish_data = chunk(b"{}", finish)
+    event = await run_chain(faults, Event("finish", len(tokens), finish_data, reason=finish), ex)
     if event is not None:
+        if event.reason != finish and event.data is finish_data:  # a fault changed the reason only
+            event = event.replace(data=chunk(b"{}", event.reason))
         await ex.write(event.data)
-        ex.entry.finish_reason = finish
-    if include_usage:
-        usage_chunk = head + b'],"usage":' + json.dumps(usage()).encode() + b"}\n\n"
-        event = await run_chain(faults, Event("usage", 0, usage_chunk), ex)
-        if event is not None:
+        ex.entry.finish_reason = event.reason
+    if include_usage or faults:
+        usage_data = head + b'],"usage":' + json.dumps(usage()).encode() + b"}\n\n" if include_usage else b""
+        event = await run_chain(faults, Event("usage", 0, usage_data), ex)
+        if event is not None and event.reason is not None and event.data is usage_data:
+            # the finish_reason rides on the usage chunk (sent even if the client did not ask for usage)
+            event = event.replace(data=head + choice(b"{}", event.reason) + b'],"usage":'
+                                  + json.dumps(usage()).encode() + b"}\n\n")
+            ex.entry.finish_reason = event.reason
+        if event is not None and event.data:
             await ex.write(event.data)
     event = await run_chain(faults, Event("done", 0, b"data: [DONE]\n\n"), ex)
     if event is not None:
@@ -178,7 +197,6 @@ async def respond(app: "MockApp", ex: Exchange, faults: list[Fault], options: di
     if ex.entry.ended == "open":
         ex.entry.ended = "complete"
     ex.note("close", "complete")
-
 
 
 def example_arguments(schema: dict) -> dict:

@@ -25,6 +25,9 @@ OpenAI-style JSON ``400`` on the wire. Imports run one way: ``_mock`` -> ``fault
     MAX_JSON_DEPTH     64           nesting of the request body's JSON
     MAX_TOOLS          128          entries in ``tools``
     MAX_STOP           4            entries in ``stop``
+
+A fault whose value is a word (``accel=absent``, ``transfer=close``) names its words in a
+``Choice``; any other word is refused the same way.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import numbers
 import re
 from dataclasses import dataclass
 
-__all__ = ["SpecError", "Bound", "LIMITS", "echo", "check_option", "check_name", "check_text", "split"]
+__all__ = ["SpecError", "Bound", "Choice", "LIMITS", "echo", "check_option", "check_name", "check_text", "split"]
 
 MAX_TOKENS = 100_000
 MAX_SECONDS = 86_400.0
@@ -103,6 +106,24 @@ class Bound:
         if len(raw) > MAX_NUMBER_CHARS or not pattern.fullmatch(raw):
             raise SpecError(f"{where}: {echo(raw)} is not {self.describe()}")
         return self.check(int(raw) if self.kind is int else float(raw), where)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A word out of a fixed set, e.g. ``Choice(("no", "yes", "absent"))`` for ``accel=absent``."""
+
+    words: tuple[str, ...]
+
+    def describe(self) -> str:
+        return "one of " + ", ".join(self.words)
+
+    def check(self, value: object, where: str) -> str:
+        if not isinstance(value, str) or value not in self.words:
+            raise SpecError(f"{where} must be {self.describe()}, not {echo(value)}")
+        return value
+
+    def parse(self, raw: str, where: str) -> str:
+        return self.check(raw.lower(), where)
 
 
 def _plain(value: float) -> str:

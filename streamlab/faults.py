@@ -24,6 +24,18 @@ Spec grammar (path prefix ``/s/<spec>/v1/...`` or header ``X-Streamlab: <spec>``
     context=4096    HTTP 400 context_length_exceeded when prompt + max_tokens > 4096
     slowheaders=5   wait 5 s before sending the response headers
 
+Response shapes (how a real server's answer differs from the mock's default; registered like faults)::
+
+    accel=yes       X-Accel-Buffering: yes (default no; accel=absent: no such header)
+    ctype=plain     Content-Type text/plain; charset=utf-8 (sse = the default text/event-stream;
+                    charset=utf-8, sse-bare = text/event-stream, json, octet, absent)
+    transfer=length the whole answer first, then one body with Content-Length (a stream's default
+                    is chunked; transfer=close: HTTP/1.0, no length, ends when the connection closes)
+    finish=null     finish_reason stays null, then [DONE] (finish=wrong: stop<->length,
+                    tool_calls->stop; finish=usage: the reason only on the final usage chunk)
+    ondisconnect=continue  after the client left, go on generating (tokens_generated counts the
+                    tokens paid for) instead of stopping (ondisconnect=stop, the default)
+
 Options in the same grammar (not faults): ``tokens=200``, ``ttft=0.5``, ``itl=0.02``,
 ``jitter=0.005``, ``seed=3``, ``echo``, ``tools=off``, ``first=1`` (this spec's faults
 apply to the first N requests that carry it; later ones run clean).
@@ -43,6 +55,24 @@ Limits (``LIMITS``, all in ``streamlab/_spec.py``). A value outside them is a ``
 
 ``validate(spec)`` / ``validate(name, value, at=N)`` runs the same checks before a run.
 
+A fault of your own is one more frozen dataclass, registered by name (then it works from a spec
+string, the header, ``script``/``inject`` and the CLI ``--fault``), built only from the names here:
+``Fault``, ``Event`` (what ``act`` sees), ``FaultContext`` (what it may do), ``Bound``/``Choice``
+(the checks its value passes), ``to_real`` (scenario seconds to wall-clock seconds) and
+``register``::
+
+    @faults.register
+    @dataclass(frozen=True, kw_only=True)
+    class Repeat(faults.Fault):  # token ``at`` is sent twice (a relay that retried a write)
+        at: int
+        name: ClassVar[str] = "repeat"
+        index_arg: ClassVar[str] = "at"
+
+        async def act(self, event, ex):
+            if event.kind == "token" and event.index == self.at and ex.stream:
+                return event.replace(data=event.data * 2)
+            return event
+
 The exception a client sees for each fault is tabulated in ``notebooks/00_start_here``.
 """
 
@@ -50,11 +80,12 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from dataclasses import fields as _dc_fields
 from typing import ClassVar
 
 from . import _spec
 from ._events import Event, Fault, FaultContext, fmt as _fmt
-from ._spec import LIMITS, SpecError
+from ._spec import LIMITS, Bound, Choice, SpecError
 from ._timescale import to_real
 
 Exchange = FaultContext  # what ``act`` gets: the exchange (``streamlab._mock.Exchange`` implements it)
@@ -62,7 +93,9 @@ Exchange = FaultContext  # what ``act`` gets: the exchange (``streamlab._mock.Ex
 __all__ = [
     "Fault", "Cut", "Reset", "SilentEnd", "NoDone", "Stall", "MalformedChunk", "BrokenFraming",
     "ErrorEvent", "RateLimited", "ServerError", "ContextWindow", "SlowHeaders",
-    "REGISTRY", "names", "parse", "validate", "to_spec", "SpecError", "LIMITS",
+    "AccelBuffering", "ContentType", "Transfer", "FinishReason", "OnDisconnect",
+    "Event", "FaultContext", "Exchange", "Bound", "Choice", "to_real", "register",
+    "REGISTRY", "SHAPES", "names", "shapes", "parse", "validate", "to_spec", "SpecError", "LIMITS",
 ]
 
 
@@ -262,12 +295,140 @@ class SlowHeaders(Fault):
         return event
 
 
+# -- response shapes: headers, body framing, finish_reason, what the backend does when the client leaves
+
+
+@dataclass(frozen=True, kw_only=True)
+class AccelBuffering(Fault):
+    """The ``X-Accel-Buffering`` header of the answer: ``no`` (the mock's default on streams), ``yes``,
+    or ``absent``. nginx holds a non-chunked body in its buffers unless this says ``no``."""
+
+    value: str
+    name: ClassVar[str] = "accel"
+    value_arg: ClassVar[str] = "value"
+    bounds: ClassVar[dict] = {"value": Choice(("no", "yes", "absent"))}
+
+    async def act(self, event, ex):
+        if event.kind == "request":
+            ex.set_header(b"x-accel-buffering", None if self.value == "absent" else self.value.encode())
+        return event
+
+
+CONTENT_TYPES = {"sse": b"text/event-stream; charset=utf-8", "sse-bare": b"text/event-stream",
+                 "json": b"application/json", "plain": b"text/plain; charset=utf-8",
+                 "octet": b"application/octet-stream", "absent": None}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContentType(Fault):
+    """The answer's ``Content-Type``: ``sse`` (``text/event-stream; charset=utf-8``, the stream default),
+    ``sse-bare`` (no charset), ``json``, ``plain``, ``octet`` (``application/octet-stream``) or ``absent``."""
+
+    value: str
+    name: ClassVar[str] = "ctype"
+    value_arg: ClassVar[str] = "value"
+    bounds: ClassVar[dict] = {"value": Choice(tuple(CONTENT_TYPES))}
+
+    async def act(self, event, ex):
+        if event.kind == "request":
+            ex.set_header(b"content-type", CONTENT_TYPES[self.value])
+        return event
+
+
+@dataclass(frozen=True, kw_only=True)
+class Transfer(Fault):
+    """How the body is framed: ``chunked`` (a stream's default), ``length`` (the whole answer is
+    generated on its schedule, then sent at once with Content-Length; a JSON answer's default) or
+    ``close`` (HTTP/1.0: no length, no chunks, paced, the connection closes at the end)."""
+
+    value: str
+    name: ClassVar[str] = "transfer"
+    value_arg: ClassVar[str] = "value"
+    bounds: ClassVar[dict] = {"value": Choice(("chunked", "length", "close"))}
+
+    async def act(self, event, ex):
+        if event.kind == "request":
+            ex.note("fault", f"transfer={self.value}")
+            ex.set_transfer(self.value)
+        return event
+
+
+WRONG_REASON = {"stop": "length", "length": "stop", "tool_calls": "stop"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinishReason(Fault):
+    """The finish_reason: ``null`` (never set, then ``[DONE]``), ``wrong`` (stop<->length, tool_calls
+    -> stop) or ``usage`` (no finish chunk; the reason rides on a final usage chunk, sent even
+    without ``stream_options.include_usage``; a non-streaming answer keeps its reason)."""
+
+    value: str
+    name: ClassVar[str] = "finish"
+    value_arg: ClassVar[str] = "value"
+    bounds: ClassVar[dict] = {"value": Choice(("null", "wrong", "usage"))}
+
+    async def act(self, event, ex):
+        if event.kind == "finish":
+            if self.value == "null":
+                return event.replace(reason=None)
+            if self.value == "wrong":
+                return event.replace(reason=WRONG_REASON.get(event.reason or "", "stop"))
+            if ex.stream:  # usage: the finish chunk is dropped ...
+                return None
+        elif event.kind == "usage" and self.value == "usage":  # ... and its reason sent here
+            return event.replace(reason=ex.planned_finish)
+        return event
+
+
+@dataclass(frozen=True, kw_only=True)
+class OnDisconnect(Fault):
+    """What the backend does once its client left: ``stop`` generating (the default) or
+    ``continue`` to the end of the answer on its schedule, sending nothing. The journal's
+    ``tokens_generated`` counts the tokens paid for, ``tokens_sent`` those the client got."""
+
+    value: str
+    name: ClassVar[str] = "ondisconnect"
+    value_arg: ClassVar[str] = "value"
+    bounds: ClassVar[dict] = {"value": Choice(("stop", "continue"))}
+
+    async def act(self, event, ex):
+        if event.kind == "request":
+            ex.keep_generating = self.value == "continue"
+        return event
+
+
 REGISTRY: dict[str, type[Fault]] = {
     cls.name: cls
     for cls in (Cut, Reset, SilentEnd, NoDone, Stall, MalformedChunk, BrokenFraming,
                 ErrorEvent, RateLimited, ServerError, ContextWindow, SlowHeaders)
 }
+# Response shapes take a word, not a number, and describe how an answer is framed and labelled; they
+# share the grammar but have their own registry, so the fault dropdown, the outcome table
+# (tools/data.py) and every caller of ``names()`` that fills in numbers see only the faults.
+SHAPES: dict[str, type[Fault]] = {
+    cls.name: cls for cls in (AccelBuffering, ContentType, Transfer, FinishReason, OnDisconnect)
+}
 ALIASES = {"429": "ratelimit", "500": "servererror", "ctx": "context"}
+
+
+def register(cls: type[Fault]) -> type[Fault]:
+    """Class decorator: make a model fault known by its ``name`` (specs, the header, the CLI, dropdowns).
+
+    The name is checked like the grammar's words (1..64 of ``A-Z a-z 0-9 _ -``), must not be an
+    option's or another class's, and the class must be a ``Fault``; else ``SpecError``.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Fault)):
+        raise SpecError(f"register() takes a Fault subclass, not {_spec.echo(cls)}")
+    name = _spec.check_name(cls.name, "a fault's name")
+    if name != name.lower() or name == Fault.name:
+        raise SpecError(f"a fault's name is lower-case and not {Fault.name!r}: {name!r}")
+    if name in OPTIONS or name in ALIASES or name in SHAPES or REGISTRY.get(name, cls) is not cls:
+        raise SpecError(f"the fault name {name!r} is taken")
+    for arg in (cls.index_arg, cls.value_arg):
+        if arg is not None and arg not in {f.name for f in _dc_fields(cls)}:
+            raise SpecError(f"{cls.__name__}: {arg!r} is not one of its fields")
+    REGISTRY[name] = cls
+    return cls
 
 
 # Options share the grammar; they set timing and content instead of faults (rules: ``_spec.OPTION_RULES``).
@@ -277,9 +438,27 @@ OPTIONS: dict[str, type] = {
 }
 
 
+def _example(cls: type[Fault]) -> str:
+    bound = cls.bound_of(cls.value_arg) if cls.value_arg else None
+    return bound.words[0] if isinstance(bound, Choice) else "1"
+
+
 def names() -> list[str]:
     """Registered fault names, in registry order (for dropdowns and CLI help)."""
     return list(REGISTRY)
+
+
+def shapes() -> list[str]:
+    """Registered response-shape names (``accel``, ``ctype``, ``transfer``, ``finish``, ``ondisconnect``)."""
+    return list(SHAPES)
+
+
+def _lookup(name: str) -> type[Fault] | None:
+    return REGISTRY.get(name) or SHAPES.get(name)
+
+
+def _known() -> str:
+    return ", ".join(list(REGISTRY) + list(SHAPES) + list(OPTIONS))
 
 
 def _item(item: str, faults: list[Fault], options: dict[str, object]) -> None:
@@ -292,10 +471,9 @@ def _item(item: str, faults: list[Fault], options: dict[str, object]) -> None:
             raise SpecError(f"{where}: option {name!r} takes no @index")
         options[name] = _spec.check_option(name, value, raw=True, where=f"{where}: {name}")
         return
-    cls = REGISTRY.get(name)
+    cls = _lookup(name)
     if cls is None:
-        known = ", ".join(list(REGISTRY) + list(OPTIONS))
-        raise SpecError(f"unknown fault or option {_spec.echo(name)} in {where}; known: {known}")
+        raise SpecError(f"unknown fault or option {_spec.echo(name)} in {where}; known: {_known()}")
     kwargs: dict[str, object] = {}
     if cls.index_arg is not None:
         if not index:
@@ -312,7 +490,7 @@ def _item(item: str, faults: list[Fault], options: dict[str, object]) -> None:
     try:
         faults.append(cls(**kwargs))
     except TypeError:
-        raise SpecError(f"{where}: {name} needs a value, like {name}=1") from None
+        raise SpecError(f"{where}: {name} needs a value, like {name}={_example(cls)}") from None
 
 
 def parse(spec: str) -> tuple[list[Fault], dict[str, object]]:
@@ -353,10 +531,9 @@ def validate(spec: "str | Fault", value: object = _UNSET, *, at: int | None = No
         if at is not None:
             raise SpecError(f"option {name!r} takes no token index")
         return [], {name: _spec.check_option(name, None if value is _UNSET else value)}
-    cls = REGISTRY.get(name)
+    cls = _lookup(name)
     if cls is None:
-        raise SpecError(f"unknown fault or option {_spec.echo(spec)}; known: "
-                        f"{', '.join(list(REGISTRY) + list(OPTIONS))}")
+        raise SpecError(f"unknown fault or option {_spec.echo(spec)}; known: {_known()}")
     kwargs: dict[str, object] = {}
     if cls.index_arg is not None:
         if at is None:
