@@ -77,8 +77,8 @@ CAUSES: dict[str, str] = {
     "http_error": "a 4xx/5xx status (a hop's page vs the app's or model's JSON decides the layer)",
     "blocked_loop": "a cheap request to the same server waits while a stream runs, or N streams take N times "
                     "as long as one",
-    "worker_timeout": "a cut at a constant elapsed time from an app server (Server: gunicorn) with no proxy "
-                      "in front: gunicorn's --timeout killing a worker",
+    "worker_timeout": "a cut from gunicorn (Server: gunicorn) with no proxy in front: its --timeout killed the "
+                      "worker (a sync worker streams without a heartbeat; an async one whose loop is blocked)",
     "client_abort": "the reader left first: not produced by the probe itself (it never aborts); reserved for "
                     "drills with a client that leaves",
     "cut": "the connection closed mid-body (incomplete chunked read) with no timing pattern",
@@ -529,10 +529,14 @@ def classify(obs: Observation, ladder: Ladder) -> Finding:
         if obs.status == 504 and ("Endpoint request timed out" in text):
             return Finding(step=step, layer="proxy", cause="deadline",
                            evidence=f"504 from an API gateway after {obs.elapsed:.1f} s: {text[:120]}")
-        if obs.status == 504 and obs.elapsed >= 1.0:
+        if obs.status in (504, 524) and looks_json_error and not proxy:
+            return Finding(step=step, layer=origin, cause="http_error",
+                           evidence=f"HTTP {obs.status} from the {origin} itself (its JSON error body, no proxy "
+                                    f"headers) after {obs.elapsed:.2f} s: {text[:160]}")
+        if obs.status in (504, 524) and obs.elapsed >= max(1.0, obs.wall_floor()):
             known = match_default(obs.elapsed, "idle", obs.scale)
             return Finding(step=step, layer="proxy", cause="idle_timeout",
-                           evidence=f"504 before the headers after {obs.elapsed:.1f} s of silence{by}"
+                           evidence=f"{obs.status} before the headers after {obs.elapsed:.1f} s of silence{by}"
                                     + (f"; matches {known}" if known else ""))
         return Finding(step=step, layer=layer, cause="http_error",
                        evidence=f"HTTP {obs.status}{by} after {obs.elapsed:.2f} s: {text[:160]}")
@@ -556,7 +560,7 @@ def classify(obs: Observation, ladder: Ladder) -> Finding:
             return Finding(step=step, layer=origin, cause="stall",
                            evidence=f"{base}: no byte for the probe's max_silence {ladder.max_silence:.0f} s and "
                                     "no hop cut it; a hop with a shorter idle timeout would")
-        if appserver and not proxy:
+        if appserver and "gunicorn" in appserver.lower() and not proxy:
             why = ("a blocked worker sends no heartbeat" if long_silence
                    else "a sync worker streams without a heartbeat")
             return Finding(step=step, layer="app", cause="worker_timeout",
@@ -991,10 +995,13 @@ class Report:
 
 
 def _pick(findings: list[Finding]) -> Finding | None:
+    """The verdict: the model's journal when it found something (server-side truth beats inference),
+    else the first non-ok finding in ``PRIORITY`` order, else the first finding."""
     bad = [f for f in findings if f.cause != "ok"]
     if not bad:
         return findings[0] if findings else None
-    return min(bad, key=lambda f: PRIORITY.index(f.cause))
+    journal = [f for f in bad if f.step == "model_journal"]
+    return journal[0] if journal else min(bad, key=lambda f: PRIORITY.index(f.cause))
 
 
 def _health_candidates(ladder: Ladder) -> list[str]:

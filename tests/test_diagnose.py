@@ -131,6 +131,18 @@ def test_healthy_stream_through_nginx_defaults_is_ok():
     expect(report, "ok", "model")
 
 
+def test_a_proxy_error_page_is_an_http_error_at_the_proxy_and_a_model_json_error_at_the_model():
+    port = free_port()  # nobody listens there: nginx answers 502 Bad Gateway with its own page
+    with time_scale(0.05), sl.proxy_for(upstream=f"http://127.0.0.1:{port}", faults=hops.nginx(),
+                                        prefer="nginx") as proxy, sl.MockLLM(tokens=5) as mock:
+        down = diagnose(proxy.url + "/v1", steps=("timeline",))
+        limited = diagnose(mock.base_url_for("ratelimit=2"), steps=("timeline",))
+    expect(down, "http_error", "proxy")
+    assert "HTTP 502" in down.verdict
+    expect(limited, "http_error", "model")
+    assert "HTTP 429" in limited.verdict
+
+
 def test_nginx_read_timeout_on_a_stalled_model_is_an_idle_timeout_at_the_proxy():
     with time_scale(0.02), sl.MockLLM(tokens=20, itl=0.5) as mock, \
             sl.proxy_for(upstream=mock.url, faults=hops.nginx(proxy_read_timeout=60), prefer="nginx") as proxy:
@@ -223,6 +235,16 @@ def test_the_journal_shows_a_silent_model_behind_an_app_that_looks_complete(bloc
     expect(blind, "ok", "app")  # the app sent its done event: the client alone cannot tell
     expect(report, "silent_truncation", "model")
     assert "the model sent 7/12 tokens" in report.verdict
+
+
+def test_a_model_cut_passed_on_by_the_app_is_a_cut_at_the_app_and_the_journal_puts_it_at_the_model(blocking_app):
+    mock, app = blocking_app
+    with time_scale(SCALE):
+        blind = diagnose(app.url + "/stream/async?spec=cut@5", steps=("timeline",))
+        report = diagnose(app.url + "/stream/async?spec=cut@5", model=mock, steps=("timeline", "model_journal"))
+    expect(blind, "cut", "app")  # Server: uvicorn, data flowing: not a worker kill, not a hop
+    expect(report, "cut", "model")
+    assert "the model sent 5/12 tokens" in report.verdict
 
 
 def test_the_journal_proves_an_app_that_answers_at_the_end_held_the_tokens(blocking_app):
