@@ -170,7 +170,8 @@ async def respond(app: "MockApp", ex: Exchange, faults: list[Fault], options: di
             data = None if event is None else event.data
         if data is not None:
             await ex.write(data)
-        ex.entry.tokens_sent += 1
+        if not ex.gone:  # (a fault that left the stream with the client gone sent nothing)
+            ex.entry.tokens_sent += 1
     if ex.gone:
         return
     finish_data = chunk(b"{}", finish)
