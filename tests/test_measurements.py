@@ -55,13 +55,13 @@ def _fresh(script: str, scale: float) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _first_stream(script: str, scale: float, tries: int = 3) -> dict:
+def _first_stream(script: str, scale: float, tries: int = 5) -> dict:
     """The first recorded stream of a fresh process, measured in up to ``tries`` fresh processes.
 
     The warm-up this pins is systematic: every fresh process has it (0.3-0.9 s of wall clock,
     i.e. 15-45 scenario seconds at 0.02). Scheduling noise on a loaded machine only ever *adds*
     delay (a 30 % margin at 0.02 is 3 ms of wall clock, and a busy 2-core box can lose that), so
-    the smallest of a few fresh measurements is the honest estimate of the recorder's own error;
+    the smallest of a few fresh measurements (stopping at the first within the margin) is the honest estimate of the recorder's own error;
     a t0 taken too late would show as a TTFT below the margin in every process.
     """
     runs = []
