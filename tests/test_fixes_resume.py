@@ -50,6 +50,9 @@ def stack():
         # so a killed worker is replaced at once instead of after a fresh import
         options = dict(workers=2, env=env, timeout=300, extra_args=["--preload"])
         with sl.Gunicorn(APP, **options) as a, sl.Gunicorn(APP, **options) as b, sl.Balancer([a, b]) as lb:
+            for replica in (a, b):  # "worker ready" is logged at fork; the app's startup (lifespan) comes after
+                _wait(lambda: len(replica.log_lines("Application startup complete")) >= 2, timeout=30,
+                      what="application startup")
             yield {"redis": redis, "mock": mock, "replicas": [a, b], "lb": lb}
 
 

@@ -133,6 +133,10 @@ class EventStore:
 
     def check_id(self, event_id: str) -> str: raise NotImplementedError
 
+    async def ping(self) -> None:
+        """Connect now (an app's startup), not on the first request."""
+        return None
+
     async def aclose(self) -> None:
         return None
 
@@ -266,6 +270,9 @@ class RedisStore(EventStore):
 
     def _key(self, run_id: str, part: str) -> str:
         return f"{self.prefix}:{run_id}:{part}"
+
+    async def ping(self) -> None:
+        await self._redis().ping()
 
     async def create(self, run_id: str) -> bool:
         return bool(await self._redis().set(self._key(run_id, "created"), "1", nx=True, ex=self.keep))
