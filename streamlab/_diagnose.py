@@ -957,6 +957,15 @@ class Report:
                          f"TTFB {s['ttfb']} s, TTFT {s['ttft']} s, max gap {s['max_gap']} s, "
                          f"silence before end {s['silence_before_end']} s, end {s['elapsed']} s")
             out.append(f"end markers: finish_reason {main.finish_reason}, [DONE] {'yes' if main.done else 'no'}")
+            if main.ended in ("cut", "reset") or main.status in (504, 524):
+                silence = main.silence_before_end if main.ended in ("cut", "reset") else main.elapsed
+                marks = []
+                for value, what, kind in DEFAULTS:
+                    measured = silence if kind == "idle" else main.elapsed
+                    near = abs(measured - value) <= _tolerance(value, self.scale)
+                    marks.append(f"{what}{' <- matches' if near else ''}")
+                out.append(f"silence before the end {silence:.1f} s, elapsed {main.elapsed:.1f} s; defaults: "
+                           + ", ".join(marks))
             out.append(f"headers: {_headers_note(main) or '-'}")
             out.append("")
         out.append("findings:")
