@@ -57,7 +57,7 @@ from ._clients import StreamResult
 from ._timescale import current_time_scale
 
 __all__ = ["diagnose", "Report", "Finding", "Observation", "Ladder", "DiagnoseError", "CAUSES", "LAYERS",
-           "DEFAULTS", "STEPS", "probe", "classify",
+           "DEFAULTS", "STEPS", "DEFAULT_STEPS", "PRIORITY", "probe", "fetch", "observe", "classify", "match_default",
            "timeline", "health", "repeat", "concurrency", "streaming_off", "bypass_hop", "model_journal",
            "raw_sdk"]
 
