@@ -163,9 +163,9 @@ class AppServer(Server):
         """What is executed (may differ from ``command`` in how, never in what)."""
         return self._command(port)
 
-    def _take_binds(self, args: list[str]) -> list[str]:  # pragma: no cover - abstract
+    def _take_binds(self, args: list[str]) -> list[str]:
         """Take the bind options out of ``extra_args`` (into ``self.host`` / the port), after checking them."""
-        raise NotImplementedError
+        return args  # subclasses that know their server's bind options override this
 
     def _bind_host(self, host: str, option: str) -> str:
         """Check one address the caller wants bound: loopback, or opted in (then warn)."""

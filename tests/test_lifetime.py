@@ -19,6 +19,7 @@ descendant is gone within 2 s.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -37,6 +38,7 @@ import streamlab
 from streamlab import _lifetime
 
 ROOT = Path(__file__).resolve().parent.parent
+TICKER = "streamlab.apps.ticker:app"
 DEADLINE = 2.0  # wall-clock seconds from the kernel's death to the last child gone (issue 10)
 
 pytestmark = pytest.mark.usefixtures("clean_slate")
@@ -58,7 +60,13 @@ KERNEL = textwrap.dedent("""
     server.start()
     family = [p.pid for p in psutil.Process().children(recursive=True)]
     print(json.dumps({"url": server.url, "pids": family, "workers": server.worker_pids()}), flush=True)
-    time.sleep(600)
+    shown = 0
+    while True:  # the server's log on stderr, for a failing test to show
+        lines = server.log_lines()
+        sys.stderr.write("".join(line + "\\n" for line in lines[shown:]))
+        sys.stderr.flush()
+        shown = len(lines)
+        time.sleep(0.1)
 """)
 
 
@@ -76,9 +84,9 @@ def _gone(pid: int) -> bool:
         return True
 
 
-def _start_kernel(kind: str, model_url: str) -> tuple[subprocess.Popen, dict]:
+def _start_kernel(kind: str, model_url: str, stderr) -> tuple[subprocess.Popen, dict]:
     kernel = subprocess.Popen([sys.executable, "-c", KERNEL, kind, model_url], cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                              stderr=stderr, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     line = kernel.stdout.readline()
     if not line:
         kernel.wait(5)
@@ -105,13 +113,15 @@ class _Client(threading.Thread):
             self.error = exc
 
 
-def _kill_kernel_mid_stream(kind: str, sig: int, model_url: str) -> tuple[dict, float, list[int]]:
-    kernel, info = _start_kernel(kind, model_url)
-    family = info["pids"]
+def _kill_kernel_mid_stream(kind: str, sig: int, model_url: str, log) -> tuple[dict, float, list[int]]:
+    kernel, info = _start_kernel(kind, model_url, log)
+    family = list(info["pids"])
     try:
         client = _Client(info["url"] + "/stream/async")
         client.start()
         assert client.streaming.wait(20), f"no stream from {kind} (error: {client.error})"
+        with contextlib.suppress(psutil.Error):  # and any process started since (a replaced worker)
+            family += [p.pid for p in psutil.Process(kernel.pid).children(recursive=True) if p.pid not in family]
         t0 = time.monotonic()
         kernel.send_signal(sig)
         kernel.wait(5)
@@ -136,13 +146,34 @@ def _kill_kernel_mid_stream(kind: str, sig: int, model_url: str) -> tuple[dict, 
 @pytest.mark.parametrize("kind, expected_family", [("uvicorn", 1), ("gunicorn", 3),
                                                    ("uvicorn-workers", 3)])
 def test_every_server_process_dies_within_2s_of_the_kernel_while_a_client_streams(mock, kind, expected_family,
-                                                                                    sig):
-    info, elapsed, survivors = _kill_kernel_mid_stream(kind, sig, mock.base_url)
+                                                                                    sig, tmp_path):
+    with open(tmp_path / "kernel.log", "w+") as log:
+        try:
+            info, elapsed, survivors = _kill_kernel_mid_stream(kind, sig, mock.base_url, log)
+        finally:
+            log.seek(0)
+            server_log = log.read()[-3000:]
     assert len(info["pids"]) >= expected_family, info  # uvicorn --workers: + multiprocessing's resource tracker
     assert not survivors, f"{kind}: {len(survivors)} of {len(info['pids'])} processes alive {elapsed:.1f} s " \
-                          f"after {signal.Signals(sig).name} of their kernel: {survivors}"
-    assert elapsed < DEADLINE, f"{kind}: last process gone {elapsed:.2f} s after the kernel's death"
+                          f"after {signal.Signals(sig).name} of their kernel: {survivors}\n{server_log}"
+    assert elapsed < DEADLINE, f"{kind}: last process gone {elapsed:.2f} s after the kernel's death\n{server_log}"
     print(f"{kind} {signal.Signals(sig).name}: {len(info['pids'])} processes gone in {elapsed * 1000:.0f} ms")
+
+
+@pytest.mark.parametrize("kind", ["uvicorn", "gunicorn"])
+def test_workers_die_with_their_supervisor_or_arbiter(kind):
+    """The tie of each worker itself: SIGKILL only the uvicorn supervisor / gunicorn arbiter."""
+    server = streamlab.Uvicorn(TICKER, workers=2) if kind == "uvicorn" else streamlab.Gunicorn(TICKER, workers=2)
+    with server:
+        workers = server.worker_pids()
+        assert len(workers) == 2
+        t0 = time.monotonic()
+        os.kill(server.pid, signal.SIGKILL)
+        while not all(_gone(pid) for pid in workers) and time.monotonic() - t0 < DEADLINE + 3:
+            time.sleep(0.005)
+        elapsed = time.monotonic() - t0
+        assert all(_gone(pid) for pid in workers), f"{kind} workers alive {elapsed:.1f} s after their parent died"
+        assert elapsed < DEADLINE
 
 
 def test_a_server_started_from_a_short_lived_thread_outlives_that_thread():
