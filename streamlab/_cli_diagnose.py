@@ -38,7 +38,8 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentPar
     p.add_argument("-H", "--header", action="append", default=[], metavar="'NAME: VALUE'", help="extra request header")
     p.add_argument("--time-scale", type=float, default=None, help="wall-clock seconds per scenario second of the stack")
     p.add_argument("--max-silence", type=float, default=120.0, help="give up after this long without a byte (120)")
-    p.add_argument("--health", default=None, metavar="URL", help="a cheap URL of the same server, timed while streaming")
+    p.add_argument("--health", default=None, metavar="URL",
+                   help="a cheap URL of the same server, timed while streaming")
     p.add_argument("--direct", default=None, metavar="URL", help="the same endpoint without the hop in front")
     p.add_argument("--model", nargs="?", const="", default=None, metavar="SPEC",
                    help="start a streamlab mock model (optional spec, e.g. 'itl=0.05,tokens=40'), print its base "

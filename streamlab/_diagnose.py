@@ -744,8 +744,8 @@ def concurrency(ladder: Ladder) -> list[Finding]:
         return []
     slowest = max(o.elapsed for o in runs)
     complete = sum(o.complete for o in runs)
-    evidence = (f"{ladder.n} at once: {complete}/{ladder.n} complete, slowest {slowest:.2f} s vs {single.elapsed:.2f} s "
-                f"alone")
+    evidence = (f"{ladder.n} at once: {complete}/{ladder.n} complete, slowest {slowest:.2f} s vs "
+                f"{single.elapsed:.2f} s alone")
     serialized = (slowest >= 0.8 * ladder.n * single.elapsed
                   and slowest - single.elapsed >= max(1.0, 0.5 / ladder.scale))
     if serialized:
@@ -941,7 +941,8 @@ class Report:
             if o.status is not None and o.status >= 400:
                 mark = "E"
             cells[min(width - 1, int(end / span * width))] = mark
-            lines.append(f"  {name[:14]:<14}{''.join(cells)}  {o.ended}{'' if o.status in (None, 200) else f' {o.status}'}")
+            status = "" if o.status in (None, 200) else f" {o.status}"
+            lines.append(f"  {name[:14]:<14}{''.join(cells)}  {o.ended}{status}")
         lines.append("  (| a read, . waiting, ] clean end, X cut or reset, E HTTP error, ? still silent)")
         return "\n".join(lines)
 
