@@ -814,7 +814,9 @@ def model_journal(ladder: Ladder) -> list[Finding]:
     front = "proxy" if obs.proxy_signature() else "app"
     main = classify(obs, ladder)
     if entry.ended in ("cut", "reset"):
-        return [Finding(step="model_journal", layer="model", cause=entry.ended, evidence=f"{sent}; {got}")]
+        hidden = ("; the client saw a clean end: a hop hid the cut (a close-delimited body: nginx "
+                  "chunked_transfer_encoding off, or HTTP/1.0)" if obs.ended == "clean" else "")
+        return [Finding(step="model_journal", layer="model", cause=entry.ended, evidence=f"{sent}; {got}{hidden}")]
     if entry.ended == "silent":
         return [Finding(step="model_journal", layer="model", cause="silent_truncation", evidence=f"{sent}; {got}")]
     if entry.ended == "error":

@@ -172,6 +172,26 @@ def test_gateway_deadline_cuts_a_flowing_stream_at_a_constant_time():
     assert "the same elapsed time twice" in next(f for f in report.findings if f.step == "repeat").evidence
 
 
+def test_serverless_kill_is_a_deadline_at_the_proxy():
+    with time_scale(0.02), sl.MockLLM(tokens=60, itl=0.5) as mock, \
+            sl.Proxy(upstream=mock.url, faults=hops.serverless(max_duration=10)) as platform:
+        report = diagnose(platform.url + "/v1", steps=("timeline", "repeat"))
+    expect(report, "deadline", "proxy")
+    assert "data was flowing when it was cut" in report.verdict
+
+
+def test_nginx_without_chunked_encoding_turns_a_model_cut_into_a_clean_end():
+    """chunked_transfer_encoding off: the body is close-delimited, so the model's cut looks complete."""
+    faults = hops.nginx(chunked_transfer_encoding=False)
+    with time_scale(0.05), sl.MockLLM(tokens=20, itl=0.3) as mock, \
+            sl.proxy_for(upstream=mock.url, faults=faults, prefer="nginx") as proxy:
+        blind = diagnose(proxy.url + "/s/cut@6/v1", steps=("timeline",))
+        report = diagnose(proxy.url + "/s/cut@6/v1", model=mock, steps=("timeline", "model_journal"))
+    expect(blind, "silent_truncation", "model")
+    expect(report, "cut", "model")
+    assert "a hop hid the cut" in report.verdict
+
+
 def test_nginx_gzip_on_event_stream_holds_the_stream_to_the_end():
     faults = hops.nginx(gzip=True, gzip_types=("text/event-stream",))
     with time_scale(0.05), ThreadedASGIServer(sse_upstream) as app, \
