@@ -53,7 +53,6 @@ from typing import Any, Iterable, Iterator
 from . import _spec
 from . import faults as _faults
 from . import _mock_responses as _responses
-from . import _mock_responses as _responses
 from ._events import Event
 from ._mock_exchange import Ended as _Ended
 from ._mock_exchange import Exchange
@@ -124,7 +123,6 @@ class MockApp:
         self._scripted = False
         self._lock = threading.Lock()
         self._first_counts: collections.Counter[str] = collections.Counter()
-        self.responses = _responses.Runs()  # the Responses API's runs (streamlab/_mock_responses.py)
         self.responses = _responses.Runs()  # the Responses API's runs (streamlab/_mock_responses.py)
 
     # -- configuration from Python -------------------------------------------
@@ -213,8 +211,6 @@ class MockApp:
                 if method != "POST":
                     raise RequestError(405, f"Method {_spec.echo(method, 20)} not allowed on {route}; use POST.")
                 await self._chat(scope, receive, send, spec)
-            elif _responses.handles(route):  # POST /v1/responses, GET .../{id}?stream=true&starting_after=N, cancel
-                await _responses.route(self, scope, receive, send, route, spec)
             elif _responses.handles(route):  # POST /v1/responses, GET .../{id}?stream=true&starting_after=N, cancel
                 await _responses.route(self, scope, receive, send, route, spec)
             elif route in ("/v1/models", "/models"):
