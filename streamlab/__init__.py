@@ -13,9 +13,10 @@ Taught in notebooks/00_start_here.ipynb. The hops between client and model
 (proxy, nginx, app servers, balancer) live in ``streamlab.hops`` and friends.
 """
 
-from . import faults, hops, load
+from . import faults, fixes, hops, load
 from ._appserver import AppServer, Gunicorn, LogLine, Uvicorn
 from ._balancer import Balancer
+from ._errors import IncompleteStream, LengthTruncation, UsageMismatch
 from ._diagnose import DiagnoseError, Finding, Report, diagnose
 from ._clients import (Abort, ClientTimeout, HTTPStream, SlowReader, StreamResult, TotalTimeout, app_event,
                        read_stream)
@@ -36,6 +37,7 @@ from ._timescale import current_time_scale, scale_sdk_backoff, time_scale
 __version__ = "0.1.0"
 
 __all__ = [
+    "fixes", "IncompleteStream", "LengthTruncation", "UsageMismatch",
     "faults", "hops", "load",
     "MockLLM", "MockApp", "Journal", "JournalEntry",
     "record", "arecord", "Run", "Outcome", "StreamErrorEvent",

@@ -29,6 +29,10 @@ What a fault raises, by client (the classes the recorder keeps)::
      +-- reset (RST) ........ httpx.ReadError
      +-- error event in SSE . openai.APIError (SDK), streamlab.StreamErrorEvent (raw readers)
      +-- malformed JSON ..... json.JSONDecodeError (openai SDK)
+    a stream that ended short without an error, caught by ``streamlab.fixes.guard``
+     +-- no finish_reason / no [DONE] .. streamlab.IncompleteStream        (Outcome.TRUNCATION_DETECTED)
+     +-- fewer tokens than its usage ... streamlab.UsageMismatch           (Outcome.TRUNCATION_DETECTED)
+     +-- finish_reason "length" ........ streamlab.LengthTruncation        (Outcome.TRUNCATED_BY_LENGTH)
     a stall mid-stream (Outcome.STALLED)
            httpx.ReadTimeout; langchain_openai.StreamChunkTimeoutError (a TimeoutError, ``astream`` only);
            streamlab.TotalTimeout (``ClientTimeout(total=...)``); asyncio's TimeoutError (``wait_for``)
@@ -39,7 +43,7 @@ The allow-list (``is_stream_fault``)::
     openai.APIError (every openai error: connection, timeout, status, stream error event)
     OSError (ConnectionError, TimeoutError = asyncio.TimeoutError, socket errors), EOFError
     json.JSONDecodeError (a malformed chunk the SDK failed to parse)
-    streamlab.StreamErrorEvent
+    streamlab.StreamErrorEvent, streamlab.IncompleteStream (the completeness guard)
     langchain_core.exceptions.ModelError, crewai's LLMContextLengthExceededError, aiohttp.ClientError
     ... and any exception raised *from* one of these (``raise X from transport_error``), the way
     CrewAI turns an openai ``NotFoundError`` into a ``ValueError``.
@@ -55,7 +59,36 @@ import sys
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["is_stream_fault", "http_status", "http_body", "describe"]
+__all__ = ["is_stream_fault", "http_status", "http_body", "describe", "IncompleteStream", "LengthTruncation",
+           "UsageMismatch"]
+
+
+class IncompleteStream(Exception):
+    """A stream ended without error but short of a complete answer (raised by ``streamlab.fixes.guard``).
+
+        IncompleteStream          no finish_reason / no [DONE]: a silent truncation made loud
+         +-- LengthTruncation     finish_reason "length": the token budget cut the answer
+         +-- UsageMismatch        usage says more tokens than the stream delivered
+
+    ``reason`` names the check that failed, ``tokens`` counts the content chunks seen,
+    ``finish`` is the finish reason (None when there was none), ``usage_tokens`` the usage count.
+    """
+
+    def __init__(self, message: str, *, reason: str, tokens: int, finish: str | None = None,
+                 usage_tokens: int | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.tokens = tokens
+        self.finish = finish
+        self.usage_tokens = usage_tokens
+
+
+class LengthTruncation(IncompleteStream):
+    """The answer stopped because ``max_tokens`` (or the model's own limit) was reached."""
+
+
+class UsageMismatch(IncompleteStream):
+    """The server's usage count is larger than what reached the client."""
 
 # (module, attribute) of framework/transport exception classes, used when importable.
 _OPTIONAL = (
@@ -78,7 +111,8 @@ def _allowed(roots: frozenset[str]) -> tuple[type[BaseException], ...]:
     """The allow-list, from the frameworks imported so far (one not imported cannot have raised)."""
     from ._recorder import StreamErrorEvent
 
-    classes: list[type[BaseException]] = [OSError, EOFError, json.JSONDecodeError, StreamErrorEvent]
+    classes: list[type[BaseException]] = [OSError, EOFError, json.JSONDecodeError, StreamErrorEvent,
+                                         IncompleteStream]
     for module, name in _OPTIONAL:
         if module.split(".")[0] not in roots:
             continue

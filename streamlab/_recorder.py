@@ -10,6 +10,7 @@ Outcomes, checked in this order::
 
     an HTTP error status (429, 500, 504 ...) ....... HTTP_ERROR            (run.status, run.body)
     exception, no chunk yet ........................ ERROR_BEFORE_STREAM   (STALLED if it is a timeout)
+    a completeness guard raised (IncompleteStream) . TRUNCATION_DETECTED   (TRUNCATED_BY_LENGTH for "length")
     exception after some chunks .................... CUT_MID_STREAM        (STALLED if it is a timeout)
     we stopped reading (abort_after=...) ........... CLIENT_ABORTED
     ended, terminal marker with finish "length" .... TRUNCATED_BY_LENGTH
@@ -55,7 +56,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterable, Callable, Iterable
 
 from ._sse import parse_block, split_events
-from ._errors import describe, http_body, http_status, is_stream_fault
+from ._errors import IncompleteStream, LengthTruncation, describe, http_body, http_status, is_stream_fault
 from ._text import count_tokens
 from ._timescale import current_time_scale
 
@@ -69,6 +70,9 @@ class Outcome(str, enum.Enum):
     error, a gateway's 504), however the client reported it (an exception or a body it read);
     ``run.status`` and ``run.body`` say which. ``ERROR_BEFORE_STREAM`` is *no* HTTP response at
     all: nobody listening, a reset or a close before the headers. ``STALLED`` is a timeout.
+    ``TRUNCATION_DETECTED`` is a stream that ended short and a completeness guard
+    (``streamlab.fixes.guard``) raised ``IncompleteStream``: what would otherwise be a
+    ``SILENT_TRUNCATION``.
     """
 
     COMPLETE = "complete"
@@ -80,6 +84,7 @@ class Outcome(str, enum.Enum):
     ERROR_BEFORE_STREAM = "error before stream"
     CLIENT_ABORTED = "client aborted"
     HTTP_ERROR = "http error"
+    TRUNCATION_DETECTED = "truncation detected"
 
     def __str__(self) -> str:
         return self.value
@@ -307,6 +312,10 @@ class Run:
             return Outcome.HTTP_ERROR  # an error answer read as a body (HTTPStream, a raw reader)
         if self.aborted and self.error is None:
             return Outcome.CLIENT_ABORTED
+        if isinstance(self.error, LengthTruncation):
+            return Outcome.TRUNCATED_BY_LENGTH
+        if isinstance(self.error, IncompleteStream):
+            return Outcome.TRUNCATION_DETECTED
         if self.error is not None:
             if _is_timeout(self.error):
                 return Outcome.STALLED

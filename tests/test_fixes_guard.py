@@ -105,3 +105,13 @@ def test_guard_on_langchain_chat_openai(mock):
 def test_guard_refuses_what_is_not_a_stream():
     with pytest.raises(TypeError, match="takes a stream"):
         guard(42)
+
+
+def test_recorder_names_a_guarded_silent_truncation_truncation_detected(mock):
+    plain = sl.record(lambda: _sdk(mock, "silent@12"), expected=20)
+    guarded = sl.record(lambda: guard(_sdk(mock, "silent@12")), expected=20)
+    length = sl.record(lambda: guard(_sdk(mock, max_tokens=5)), expected=20)
+    assert plain.outcome == sl.Outcome.SILENT_TRUNCATION and plain.error is None
+    assert guarded.outcome == sl.Outcome.TRUNCATION_DETECTED
+    assert guarded.error_class == "streamlab.IncompleteStream" and guarded.tokens == 12
+    assert length.outcome == sl.Outcome.TRUNCATED_BY_LENGTH and length.error_class == "streamlab.LengthTruncation"

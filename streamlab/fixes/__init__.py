@@ -10,13 +10,21 @@
 | ``ResumableRuns(store)`` | model call decoupled from the request; events with ids in a store; ``Last-Event-ID`` replay from any worker | 06_fixes (planned) |
 | ``RedisStore(url)``, ``InMemoryStore()`` | the event store: one Redis Stream per run (``XADD``/``XREAD``), or one process's memory | 06_fixes (planned) |
 | ``resume_stream(url)`` | Python SSE client that reconnects with ``Last-Event-ID`` and yields each event once | 06_fixes (planned) |
+| ``BackgroundRun(client, ...)``, ``follow_response`` | a background Responses run followed across cuts with ``starting_after``; each event once | 06_fixes (planned) |
+| ``continue_stream(client, model=, messages=)`` | after a chat stream's cut, ask for the rest with the partial answer as an assistant prefix; no duplicated tokens | 06_fixes (planned) |
+| ``Idempotent(app, store=)``, ``InMemoryKeys()``, ``RedisKeys(url)`` | ASGI middleware: one run per ``Idempotency-Key``; a retry gets the kept answer or a 409 | 06_fixes (planned) |
 """
 
+from ._background import BackgroundRun, follow_response
+from ._continue import ContinuedStream, continue_response, continue_stream
 from ._guard import IncompleteStream, LengthTruncation, UsageMismatch, guard
+from ._idempotent import Idempotent, InMemoryKeys, KeyStore, RedisKeys
 from ._heartbeat import PING, Heartbeat, heartbeat
 from ._resume import (EventStore, InMemoryStore, RedisStore, ResumableRuns, ResumableStream, SSEEvent, StoredEvent,
                       new_run_id, resume_stream)
 
 __all__ = ["heartbeat", "Heartbeat", "PING", "guard", "IncompleteStream", "LengthTruncation", "UsageMismatch",
            "ResumableRuns", "EventStore", "InMemoryStore", "RedisStore", "StoredEvent", "resume_stream",
-           "ResumableStream", "SSEEvent", "new_run_id"]
+           "ResumableStream", "SSEEvent", "new_run_id",
+           "BackgroundRun", "follow_response", "ContinuedStream", "continue_stream", "continue_response",
+           "Idempotent", "KeyStore", "InMemoryKeys", "RedisKeys"]

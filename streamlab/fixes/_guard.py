@@ -16,8 +16,10 @@ guard watches what passes through and, when the source is exhausted, checks:
     finish_reason "length" (the token budget ran out) .... LengthTruncation   (allow_length=True: passes)
     fewer content chunks than usage.completion_tokens ..... UsageMismatch      (only when usage was sent)
 
-All three are ``IncompleteStream``, which carries ``reason``, ``tokens``
-(content chunks seen) and ``finish``. Errors the
+All three are ``IncompleteStream`` (defined with the rest of the exception tree in
+``streamlab._errors``), which carries ``reason``, ``tokens`` (content chunks seen) and
+``finish``; ``sl.record`` names a guarded stream's end ``truncation detected`` (or
+``truncated by length``) instead of ``silent truncation``. Errors the
 source raises itself (a cut, a reset, a timeout) pass through unchanged: the
 guard adds an error only where there was none.
 
@@ -35,34 +37,10 @@ from __future__ import annotations
 import json
 from typing import Any, AsyncIterator, Iterator
 
+from .._errors import IncompleteStream, LengthTruncation, UsageMismatch
 from .._recorder import inspect_chunk
 
 __all__ = ["guard", "IncompleteStream", "LengthTruncation", "UsageMismatch"]
-
-
-class IncompleteStream(Exception):
-    """A stream ended without error but short of a complete answer.
-
-        IncompleteStream          no finish_reason / no [DONE]: a silent truncation
-         +-- LengthTruncation     finish_reason "length": the token budget cut the answer
-         +-- UsageMismatch        usage says more tokens than the stream delivered
-    """
-
-    def __init__(self, message: str, *, reason: str, tokens: int, finish: str | None = None,
-                 usage_tokens: int | None = None) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.tokens = tokens
-        self.finish = finish
-        self.usage_tokens = usage_tokens
-
-
-class LengthTruncation(IncompleteStream):
-    """The answer stopped because ``max_tokens`` (or the model's own limit) was reached."""
-
-
-class UsageMismatch(IncompleteStream):
-    """The server's usage count is larger than what reached the client."""
 
 
 def _usage_tokens(item: Any) -> int | None:
