@@ -51,12 +51,13 @@ KERNEL = textwrap.dedent("""
     kind, model_url = sys.argv[1], sys.argv[2]
     env = {"STREAMLAB_MODEL_URL": model_url}
     app = "streamlab.apps.blocking:app"
+    slow = {"start_timeout": 120}  # importing langchain in two workers at once, on a busy machine
     if kind == "uvicorn":
-        server = sl.Uvicorn(app, env=env)
+        server = sl.Uvicorn(app, env=env, **slow)
     elif kind == "uvicorn-workers":
-        server = sl.Uvicorn(app, workers=2, env=env)
+        server = sl.Uvicorn(app, workers=2, env=env, **slow)
     else:
-        server = sl.Gunicorn(app, workers=2, env=env)
+        server = sl.Gunicorn(app, workers=2, env=env, **slow)
     server.start()
     family = [p.pid for p in psutil.Process().children(recursive=True)]
     print(json.dumps({"url": server.url, "pids": family, "workers": server.worker_pids()}), flush=True)
