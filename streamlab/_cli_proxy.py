@@ -3,6 +3,7 @@
     streamlab proxy --upstream http://127.0.0.1:8000 --profile nginx --read-timeout 30
     streamlab proxy --upstream http://127.0.0.1:8000 --buffering on --gzip --engine nginx
     streamlab proxy --upstream http://127.0.0.1:8000 --fault "buffering=on:buffer_size=8k" --deadline 29
+    streamlab proxy --upstream http://127.0.0.1:8000 --profile cloudflare --on-timeout end --x-accel pass
 
 One flag per registered hop fault (``streamlab.hops.REGISTRY``), so a new fault
 gets its flag without touching this file. Prints the listening URL, runs until
@@ -38,7 +39,14 @@ def add_parser(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentPar
                f"Faults: {', '.join(n for n in hops.names() if n != 'noop')}.")
     p.add_argument("--upstream", required=True, help="URL of the server to forward to, e.g. http://127.0.0.1:8000")
     p.add_argument("--port", type=int, default=0, help="port to listen on (default: a free one, printed)")
-    p.add_argument("--profile", choices=sorted(hops.PROFILES), help="start from a product's defaults")
+    p.add_argument("--profile", choices=sorted(hops.PROFILES), type=lambda v: v.replace("-", "_"),
+                   help="start from a product's documented defaults (see streamlab.hops)")
+    p.add_argument("--on-timeout", choices=hops.ACTIONS, default=None,
+                   help="what every timer does to a response already streaming: cut (default), end "
+                        "(clean end, a silent truncation), error-event (an SSE error object), reset (TCP RST)")
+    p.add_argument("--x-accel", choices=("strip", "pass"), default="strip",
+                   help="X-Accel-* response headers: strip (like nginx, default) or pass them on (like a "
+                        "non-nginx hop in the middle)")
     p.add_argument("--engine", choices=("embedded", "nginx"), default="embedded",
                    help="embedded proxy (default) or real nginx from the same settings")
     p.add_argument("--proxy-http-version", choices=("1.0", "1.1"), default="1.0",
@@ -107,9 +115,21 @@ def run(args: argparse.Namespace) -> int:
     except hops.SpecError as exc:
         print(f"streamlab proxy: {exc}", file=sys.stderr)
         return 2
+    profile = args.profile
+    if args.on_timeout is not None:  # re-arm every timer, the profile's too
+        faults = hops.with_action([*(hops.PROFILES[profile]() if profile else []), *faults], args.on_timeout)
+        profile = None
+        if args.engine == "nginx" and args.on_timeout != "cut":
+            print("streamlab proxy: real nginx can only cut at a timeout; --on-timeout "
+                  f"{args.on_timeout} needs --engine embedded", file=sys.stderr)
+            return 2
+    if args.engine == "nginx" and args.x_accel != "strip":
+        print("streamlab proxy: nginx always consumes X-Accel-* headers; --x-accel pass needs --engine embedded",
+              file=sys.stderr)
+        return 2
     try:
         count, _, size = args.large_client_header_buffers.lower().partition("x")
-        settings = dict(upstream=args.upstream, faults=faults, profile=args.profile,
+        settings = dict(upstream=args.upstream, faults=faults, profile=profile,
                         proxy_http_version=args.proxy_http_version, record=not args.no_record, port=args.port,
                         client_header_timeout=args.client_header_timeout,
                         client_body_timeout=args.client_body_timeout, keepalive_timeout=args.keepalive_timeout,
@@ -126,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
                 return 2
             proxy = NginxProxy(**settings)
         else:
-            proxy = Proxy(**settings)
+            proxy = Proxy(**settings, x_accel=args.x_accel)
     except ValueError as exc:
         print(f"streamlab proxy: {exc}", file=sys.stderr)
         return 2

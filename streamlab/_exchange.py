@@ -408,7 +408,9 @@ async def _cleanup(ex: Exchange, gens: list[Any]) -> None:
 
 def _head_bytes(ex: Exchange, head: Head, keep_alive: bool) -> tuple[str, bool, bytes]:
     """Status line and headers toward the client, and how the body will be framed."""
-    headers = [(k, v) for k, v in head.headers if k not in _DROP_FROM_UPSTREAM and not k.startswith(b"x-accel-")]
+    strip_accel = getattr(ex.proxy, "x_accel", "strip") == "strip"  # nginx consumes X-Accel-*; others pass it
+    headers = [(k, v) for k, v in head.headers
+               if k not in _DROP_FROM_UPSTREAM and not (strip_accel and k.startswith(b"x-accel-"))]
     no_body = ex.method == "HEAD" or head.status in (204, 304) or 100 <= head.status < 200
     if no_body or head.get(b"content-length") is not None:
         framing = "length"

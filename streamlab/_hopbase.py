@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Any, AsyncIterator, Callable, ClassVar
 
 __all__ = [
-    "Marker", "CONNECTED", "SENDING", "SENT", "Head", "Abort", "error_page", "SERVER_NAME", "REASONS",
+    "Marker", "CONNECTED", "SENDING", "SENT", "Head", "Abort", "End", "error_page", "SERVER_NAME", "REASONS",
     "REGISTRY", "register", "Fault", "Noop", "Rule", "Injection", "pace", "Exchange",
 ]
 
@@ -96,9 +96,29 @@ class Abort(Exception):
 
 
 
+class End:
+    """What a timer returns instead of an ``Abort`` when the body is to end *cleanly* where it is.
+
+    The timer's link (``pace``) then passes ``tail`` on (it may be empty) and ends the
+    stream as if the upstream had finished: every fault after it sees a normal end
+    (buffers flush, gzip finishes its stream) and the client gets the terminating
+    chunk, a silent truncation. ``sse=True`` (an injected SSE event): only for an
+    ``text/event-stream`` response, which the tail is made to start on an event
+    boundary of; any other response is cut instead. ``note`` goes to the hop log.
+    """
+
+    __slots__ = ("note", "tail", "sse", "fault")
+
+    def __init__(self, note: str, *, tail: bytes = b"", sse: bool = False, fault: str = "") -> None:
+        self.note = note
+        self.tail = tail
+        self.sse = sse
+        self.fault = fault
+
+
 REASONS = {400: "Bad Request", 408: "Request Time-out", 413: "Request Entity Too Large",
            414: "Request-URI Too Large", 499: "Client Closed Request", 502: "Bad Gateway",
-           503: "Service Unavailable", 504: "Gateway Time-out"}
+           503: "Service Unavailable", 504: "Gateway Time-out", 524: "A Timeout Occurred"}
 _REASONS = REASONS  # the old private name
 
 
@@ -218,13 +238,14 @@ def pace(items: AsyncIterator[Any], ex: "Exchange", *,
 
     ``phase`` is 0 while connecting, 1 while sending the request, 2 while waiting
     for the response head, 3 while reading the body. When a wait runs out,
-    ``expire(phase)`` gives the ``Abort`` to raise. The shared core of every
+    ``expire(phase)`` gives the ``Abort`` to raise, or an ``End``: then the link
+    passes the end's tail on and stops, a clean end of the body. The shared core of every
     timer fault (read timeout, idle timeout, deadlines). Timers next to each
     other in the chain share one link (the earliest deadline wins), which keeps
     a chain of several timers as cheap as one.
     """
     if not isinstance(items, _Paced):
-        items = _Paced(items)
+        items = _Paced(items, ex)
     items.timers.append((deadline, expire))
     return items
 
@@ -232,10 +253,14 @@ def pace(items: AsyncIterator[Any], ex: "Exchange", *,
 class _Paced:
     """The link behind ``pace``: an async iterator with a list of (deadline, expire) timers."""
 
-    __slots__ = ("it", "timers", "phase", "loop", "next_until")
+    __slots__ = ("it", "ex", "timers", "phase", "loop", "next_until", "head", "last", "ended")
 
-    def __init__(self, items: AsyncIterator[Any]) -> None:
+    def __init__(self, items: AsyncIterator[Any], ex: "Exchange") -> None:
         self.it = items.__aiter__()
+        self.ex = ex
+        self.head: Head | None = None
+        self.last = b""     # the last two body bytes passed on (where an injected SSE event starts)
+        self.ended = False  # an End fired: nothing more
         # the first link (_exchange._Source) can wait with a deadline itself: no task cancellation
         self.next_until = getattr(self.it, "next_until", None)
         self.timers: list[tuple[Callable[[int, float], float | None], Callable[[int], Abort]]] = []
@@ -246,6 +271,8 @@ class _Paced:
         return self
 
     async def __anext__(self) -> Any:
+        if self.ended:
+            raise StopAsyncIteration
         phase = self.phase
         now = self.loop.time()
         until = expire = None
@@ -259,20 +286,42 @@ class _Paced:
             try:
                 item = await self.next_until(until)
             except TimeoutError:
-                raise expire(phase) from None  # type: ignore[misc]
+                return await self._expired(expire(phase))  # type: ignore[misc]
         else:
             try:
                 async with asyncio.timeout_at(until):
                     item = await self.it.__anext__()
             except TimeoutError:
-                raise expire(phase) from None  # type: ignore[misc]
+                return await self._expired(expire(phase))  # type: ignore[misc]
+        if type(item) is bytes:
+            if item:
+                self.last = (self.last + item)[-2:]
+            return item
         if item is CONNECTED:
             self.phase = 1
         elif item is SENT:
             self.phase = 2
         elif type(item) is Head:
             self.phase = 3
+            self.head = item
         return item
+
+    async def _expired(self, outcome: "Abort | End") -> Any:
+        """Raise the timer's ``Abort``, or carry out its ``End`` (a clean end of the body)."""
+        if isinstance(outcome, Abort):
+            raise outcome
+        tail = outcome.tail
+        if outcome.sse:
+            if self.head is None or self.head.content_type != "text/event-stream":
+                raise Abort(f"{outcome.note} (not an SSE response: cut instead)", fault=outcome.fault)
+            if self.last and not self.last.endswith(b"\n\n"):  # finish the event under way first
+                tail = (b"\n" if self.last.endswith(b"\n") else b"\n\n") + tail
+        self.ended = True
+        self.ex.log("fault", 0, f"{outcome.fault}: {outcome.note}", self.ex.conn)
+        await self.aclose()  # the upstream is done with: close it now
+        if tail:
+            return tail
+        raise StopAsyncIteration
 
     async def aclose(self) -> None:
         close = getattr(self.it, "aclose", None)

@@ -86,7 +86,8 @@ class Proxy(Configurable, Server):
 
     upstream            URL (or a started ``Server``) to forward to; a path is prepended to requests
     faults              faults, ``Rule``s or spec strings applied to every request from the start
-    profile             a preset from ``hops.PROFILES`` ("nginx", "load_balancer", "api_gateway",
+    profile             a preset from ``hops.PROFILES`` ("nginx", "ingress_nginx", "cloudflare", "aws_alb",
+                        "aws_api_gateway", "gcp_load_balancer", "heroku", "load_balancer", "api_gateway",
                         "serverless"); its faults come first, ``faults`` after (and override)
     proxy_http_version  HTTP version spoken to the upstream ("1.0" like nginx's default, or "1.1")
     keepalive_timeout   idle time before an idle client connection is closed (nginx: 75 s)
@@ -98,6 +99,9 @@ class Proxy(Configurable, Server):
     client_max_body_size  a larger request body gets 413 (nginx: 1m; 0: no limit); ``int`` or "1m"
     proxy_buffer_size   largest upstream response head, else 502 at once (64k, what ``nginx_conf``
                         writes with buffering off; a ``Buffering`` fault's ``buffer_size`` wins)
+    x_accel             "strip" (default, what nginx does: X-Accel-* response headers are consumed,
+                        never passed on) or "pass" (what a non-nginx hop does: they reach the next
+                        hop, so an app's ``X-Accel-Buffering: no`` still reaches an nginx in front)
     record              keep a ``HopLog`` of every read and write (off for benchmarks)
     name                the hop's name in logs and plots
     port                port to listen on (0: a free one)
@@ -116,8 +120,12 @@ class Proxy(Configurable, Server):
                  client_header_timeout: float = 60.0, client_body_timeout: float = 60.0,
                  large_client_header_buffers: tuple[int, Any] = (4, "8k"), client_max_body_size: Any = "1m",
                  proxy_buffer_size: Any = UNBUFFERED_RESPONSE_HEAD, record: bool = True, name: str = "proxy",
-                 port: int = 0, host: str = "127.0.0.1", allow_non_loopback: bool = False) -> None:
+                 port: int = 0, host: str = "127.0.0.1", allow_non_loopback: bool = False,
+                 x_accel: str = "strip") -> None:
         super().__init__()
+        if x_accel not in ("strip", "pass"):
+            raise ValueError(f"x_accel is 'strip' (like nginx) or 'pass' (like a non-nginx hop), got {x_accel!r}")
+        self.x_accel = x_accel
         self.host = check_bind_host(host, allow_non_loopback, "the streamlab proxy")
         if proxy_http_version not in ("1.0", "1.1"):
             raise ValueError(f"proxy_http_version is '1.0' or '1.1', got {proxy_http_version!r}")

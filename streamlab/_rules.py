@@ -124,7 +124,7 @@ def profile_rules(profile: str | None) -> tuple[Rule, ...]:
     from .hops import PROFILES
 
     try:
-        preset = PROFILES[profile]
+        preset = PROFILES[profile.replace("-", "_")]  # "ingress-nginx" works too
     except KeyError:
         raise ValueError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}") from None
     return as_rules(preset())

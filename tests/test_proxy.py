@@ -674,8 +674,8 @@ def test_faults_are_frozen_and_keyword_only():
 
 def test_registry_names_and_specs():
     assert hops.names() == ["noop", "read_timeout", "upstream_send_timeout", "send_timeout", "idle_timeout",
-                            "deadline", "kill_after", "buffering", "gzip", "chunked", "cut_after_bytes",
-                            "reset_after_bytes"]
+                            "deadline", "kill_after", "origin_read_timeout", "backend_timeout", "router_timeout",
+                            "buffering", "gzip", "chunked", "cut_after_bytes", "reset_after_bytes"]
     assert hops.from_spec("read_timeout=30") == hops.ReadTimeout(seconds=30)
     assert hops.from_spec("read-timeout=500ms") == hops.ReadTimeout(seconds=0.5)
     assert hops.from_spec("buffering=on:buffer_size=8k:buffers=4x8k") == hops.Buffering(
