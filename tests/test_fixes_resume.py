@@ -265,31 +265,49 @@ def test_client_network_drop_then_last_event_id_gets_the_rest_once(stack):
 
 # -- (4) ids under a burst: langgraph#8112 ----------------------------------------------------
 
-def _burst(store, run_id: str, n: int) -> list[str]:
+def _ordered(ids: list[str]) -> bool:
+    keys = [event_id_key(i) for i in ids]
+    return len(set(ids)) == len(ids) and all(x < y for x, y in zip(keys, keys[1:]))
+
+
+def test_redis_ids_within_one_millisecond_stay_ordered_and_resume_exactly(stack):
+    """langgraph#8112: ids ``<ms>-0`` repeat within a millisecond, and ``"...-10" < "...-9"`` as strings."""
+    store = RedisStore(stack["redis"].url)
+    run_id = f"burst-{uuid.uuid4().hex[:6]}"
+
     async def go():
         assert await store.create(run_id)
-        ids = [await store.append(run_id, "token", str(i)) for i in range(n)]
-        read = await store.read(run_id, ids[99], timeout=0)
+        ids = [await store.append(run_id, "token", str(i)) for i in range(300)]  # one at a time
+        async with store._redis().pipeline(transaction=False) as pipe:  # a producer faster than a round trip
+            for i in range(300, 600):
+                pipe.xadd(store._key(run_id, "events"), {"e": "token", "d": str(i)})
+            ids += await pipe.execute()
+        tenth = next(i for i in ids if event_id_key(i)[1] >= 10)
+        rest = await store.read(run_id, tenth, timeout=0)
         await store.aclose()
-        return ids, read
+        return ids, tenth, rest
 
-    ids, read = asyncio.run(go())
-    assert [e.data for e in read] == [str(i) for i in range(100, 600)], "a read after id k starts at k+1"
-    return ids
+    ids, tenth, rest = asyncio.run(go())
+    assert _ordered(ids)
+    per_ms: dict[int, int] = {}
+    for ms, _ in map(event_id_key, ids):
+        per_ms[ms] = per_ms.get(ms, 0) + 1
+    assert max(per_ms.values()) >= 10, "the burst put 10+ events into one millisecond"
+    assert any(x > y for x, y in zip(ids, ids[1:])), "as strings the ids are out of order: never compare them so"
+    assert [e.data for e in rest] == [str(i) for i in range(ids.index(tenth) + 1, 600)]
 
 
-@pytest.mark.parametrize("kind", ["redis", "memory"])
-def test_ids_strictly_increasing_within_one_millisecond(stack, kind):
-    store = RedisStore(stack["redis"].url) if kind == "redis" else InMemoryStore()
-    ids = _burst(store, f"burst-{kind}-{uuid.uuid4().hex[:6]}", 2000)
-    keys = [event_id_key(i) for i in ids]
-    assert len(set(ids)) == len(ids)
-    assert all(x < y for x, y in zip(keys, keys[1:]))
-    if kind == "redis":
-        per_ms: dict[int, int] = {}
-        for ms, _ in keys:
-            per_ms[ms] = per_ms.get(ms, 0) + 1
-        assert max(per_ms.values()) >= 2, "the burst put several events into one millisecond"
+def test_in_memory_ids_count_up_and_resume_after_the_ninth():
+    store = InMemoryStore()
+
+    async def go():
+        assert await store.create("r")
+        ids = [await store.append("r", "token", str(i)) for i in range(2000)]
+        return ids, await store.read("r", "9", timeout=0)
+
+    ids, rest = asyncio.run(go())
+    assert ids == [str(n) for n in range(1, 2001)] and _ordered(ids)
+    assert [e.data for e in rest] == [str(i) for i in range(9, 509)], "after id '9' comes id '10' (batch of 500)"
 
 
 def test_a_burst_through_the_app_keeps_ids_strictly_increasing(stack):
