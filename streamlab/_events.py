@@ -50,7 +50,8 @@ class FaultContext(Protocol):
     Shape the response before it starts (on the ``request`` event): ``set_header`` (None removes a
     header), ``set_transfer`` (``chunked``, ``length`` or ``close``), ``keep_generating`` (True: go
     on generating, and counting, after the client left). End or hold it from any event: ``close``,
-    ``end``, ``pause``, ``fail_midstream``, ``reject``. ``note`` writes to the journal's log.
+    ``end``, ``pause``, ``fail_midstream``, ``reject``; ``write`` sends stream bytes now (an event's
+    ``data`` is sent when ``act`` returns it). ``note`` writes to the journal's log.
     Durations a fault is given are scenario seconds: convert with ``streamlab.faults.to_real``.
     """
 
@@ -63,6 +64,7 @@ class FaultContext(Protocol):
     keep_generating: bool
 
     def note(self, kind: str, detail: str = "", nbytes: int = 0) -> None: ...
+    async def write(self, data: bytes) -> None: ...
     def set_header(self, name: bytes, value: bytes | None) -> None: ...
     def set_transfer(self, transfer: str) -> None: ...
     async def close(self, *, reset: bool, why: str) -> None: ...

@@ -96,6 +96,7 @@ class Exchange:
         self._held_head: tuple[int, list[tuple[bytes, bytes]]] | None = None
         self._close_delimited = False  # transfer=close: head written by hand
         self.closed_by_us = False  # transfer=close ended the body by closing: not a client disconnect
+        self._slow_write = False  # one check in write()'s fast path for gone / held / close-delimited
 
     # -- response shape (set by faults on the request event) -------------------
     def set_header(self, name: bytes, value: bytes | None) -> None:
@@ -134,7 +135,7 @@ class Exchange:
         """The client is gone: stop (raise ``Ended``) or, with ``keep_generating``, go on silently."""
         self.notice(where)
         if self.keep_generating:
-            self.gone = True
+            self.gone = self._slow_write = True
             return
         raise _Ended
 
@@ -198,6 +199,7 @@ class Exchange:
             transfer = self.transfer or "chunked"
             if transfer == "length" and self.stream:  # held: the head leaves with the whole body
                 self._held, self._held_head = [], (status, base + headers)
+                self._slow_write = True
                 self.entry.status = status
                 return
             if transfer == "close" and getattr(self._cycle, "transport", None) is not None:
@@ -216,7 +218,7 @@ class Exchange:
         lines = [b"HTTP/1.0 %d OK" % status] + [n + b": " + v for n, v in headers
                                                 if n not in (b"content-length", b"transfer-encoding")]
         self._cycle.transport.write(b"\r\n".join(lines + [b"connection: close", b"", b""]))
-        self._close_delimited = True
+        self._close_delimited = self._slow_write = True
         self.headers_sent = True
         self.entry.status = status
         self.note("status", f"{status} (close-delimited)")
@@ -235,19 +237,11 @@ class Exchange:
         await self.finish_body()
 
     async def write(self, data: bytes) -> None:
-        if self.gone:
+        if self._slow_write:  # the client is gone, or the body is held or close-delimited
+            await self._write_special(data)
             return
         if self.is_disconnected():
             self.left(f"at token {self.entry.tokens_sent}" if self.stream else "non-streaming wait")
-            return
-        if self._held is not None:
-            self._held.append(data)
-            return
-        if self._close_delimited:
-            await self._drain()
-            self._cycle.transport.write(data)
-            if self.events:
-                self.note("out", nbytes=len(data))
             return
         cycle = self._cycle
         if self._raw and not cycle.flow.write_paused:
@@ -257,6 +251,20 @@ class Exchange:
             cycle.transport.write(b"%x\r\n%s\r\n" % (len(data), data))
         else:
             await self._send({"type": "http.response.body", "body": data, "more_body": True})
+        if self.events:
+            self.note("out", nbytes=len(data))
+
+    async def _write_special(self, data: bytes) -> None:
+        if self.gone:
+            return
+        if self.is_disconnected():
+            self.left(f"at token {self.entry.tokens_sent}" if self.stream else "non-streaming wait")
+            return
+        if self._held is not None:
+            self._held.append(data)
+            return
+        await self._drain()  # close-delimited
+        self._cycle.transport.write(data)
         if self.events:
             self.note("out", nbytes=len(data))
 

@@ -86,8 +86,11 @@ async def respond(app: "MockApp", ex: Exchange, faults: list[Fault], options: di
 
     async def wait_for_token(i: int) -> None:
         due = deadline(i)
-        if await ex.wait_until(due):
-            ex.left(("ttft wait" if i == 0 else f"at token {i}") if ex.stream else "non-streaming wait")
+        if due > time.perf_counter():
+            if await ex.wait_until(due):
+                ex.left(("ttft wait" if i == 0 else f"at token {i}") if ex.stream else "non-streaming wait")
+        elif not ex.gone and ex.is_disconnected():  # (the no-wait path: no await, as before)
+            ex.left(f"at token {i}" if ex.stream else "non-streaming wait")
         ex.entry.tokens_generated += 1
         if ex.gone:
             return

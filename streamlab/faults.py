@@ -415,14 +415,18 @@ def register(cls: type[Fault]) -> type[Fault]:
     """Class decorator: make a model fault known by its ``name`` (specs, the header, the CLI, dropdowns).
 
     The name is checked like the grammar's words (1..64 of ``A-Z a-z 0-9 _ -``), must not be an
-    option's or another class's, and the class must be a ``Fault``; else ``SpecError``.
+    option's or another class's (the same class defined again, as when a notebook cell runs twice,
+    replaces it), and the class must be a ``Fault``; else ``SpecError``. ``REGISTRY.pop(name)``
+    forgets it.
     """
     if not (isinstance(cls, type) and issubclass(cls, Fault)):
         raise SpecError(f"register() takes a Fault subclass, not {_spec.echo(cls)}")
     name = _spec.check_name(cls.name, "a fault's name")
     if name != name.lower() or name == Fault.name:
         raise SpecError(f"a fault's name is lower-case and not {Fault.name!r}: {name!r}")
-    if name in OPTIONS or name in ALIASES or name in SHAPES or REGISTRY.get(name, cls) is not cls:
+    known = REGISTRY.get(name, cls)
+    same = (known.__module__, known.__qualname__) == (cls.__module__, cls.__qualname__)  # a cell run again
+    if name in OPTIONS or name in ALIASES or name in SHAPES or not same:
         raise SpecError(f"the fault name {name!r} is taken")
     for arg in (cls.index_arg, cls.value_arg):
         if arg is not None and arg not in {f.name for f in _dc_fields(cls)}:
