@@ -201,6 +201,8 @@ class Run:
         self.created_at = int(time.time())
         self.frames: list[tuple[str, bytes]] = []  # (start | token | finish, SSE bytes)
         self.nbytes = 0
+        # bytes reserved in ``Runs`` when the run is added: a bound on its events, trued up at its end
+        self.reserved = 200 * len(tokens) + 5 * sum(len(t) for t in tokens) + 16_384
         self.tokens_generated = 0
         self.followers = 0
         self.task: asyncio.Task | None = None
@@ -247,7 +249,6 @@ class Run:
         data = _frame(payload["type"], payload)
         self.frames.append((kind, data))
         self.nbytes += len(data)
-        runs.charge(len(data))
 
     def _wake(self) -> None:
         event, self._changed = self._changed, None
@@ -327,10 +328,6 @@ class Runs:
         with self._lock:
             return sum(1 for r in self._runs.values() if not r.done)
 
-    def charge(self, nbytes: int) -> None:
-        with self._lock:
-            self.nbytes += nbytes
-
     def new_id(self) -> str:
         return f"resp_streamlab{next(self._ids):06d}"
 
@@ -338,28 +335,34 @@ class Runs:
         with self._lock:
             self._evict()
             active = sum(1 for r in self._runs.values() if not r.done)
-            if active >= self.max_active or self.nbytes >= self.max_bytes or len(self._runs) >= self.max_runs:
+            if active >= self.max_active or self.nbytes + run.reserved > self.max_bytes \
+                    or len(self._runs) >= self.max_runs:
                 raise RequestError(429, f"The mock keeps at most {self.max_active} running responses and "
                                    f"{self.max_bytes} bytes of events; cancel or wait for one.",
                                    type="rate_limit_error", code="rate_limit_exceeded")
             self._runs[run.id] = run
+            self.nbytes += run.reserved
 
     def _evict(self) -> None:
         for rid in [r.id for r in self._runs.values() if r.done]:
             if len(self._runs) < self.max_runs and self.nbytes < self.max_bytes:
                 return
             gone = self._runs.pop(rid)
-            self.nbytes -= gone.nbytes
+            self.nbytes -= gone.reserved
 
     def finished(self, run: Run) -> None:
+        """A run ended: its reservation becomes what its events take; finished runs past the bounds leave."""
         with self._lock:
+            if self._runs.get(run.id) is run:  # not deleted meanwhile
+                self.nbytes += run.nbytes - run.reserved
+            run.reserved = run.nbytes
             self._evict()
 
     def delete(self, rid: str) -> Run | None:
         with self._lock:
             run = self._runs.pop(rid, None)
             if run is not None:
-                self.nbytes -= run.nbytes
+                self.nbytes -= run.reserved
         if run is not None and run.task is not None and not run.done:
             run.task.cancel()
         return run

@@ -262,3 +262,17 @@ def test_runs_are_bounded_and_a_full_mock_answers_429():
         for job in done:
             client.responses.cancel(job.id)
         assert json.loads(httpx.delete(f"{small.base_url}/responses/{done[1].id}").text)["deleted"] is True
+
+
+def test_event_bytes_are_reserved_up_front_and_trued_up_at_the_end(mock):
+    runs = mock.app_.responses
+    events = list(_client(mock.base_url).responses.create(model="m", input="hi", stream=True, background=True))
+    run = runs.get(events[0].response.id)
+    assert run.done and run.reserved == run.nbytes == sum(len(d) for _, d in run.frames)
+    assert runs.nbytes == sum(r.reserved for r in runs)
+    small = Runs(max_bytes=50_000)
+    with sl.MockLLM(tokens=1000) as other:
+        other.app_.responses = small
+        with pytest.raises(openai.RateLimitError):  # 1000 tokens reserve ~200 kB: over the bound before it runs
+            _client(other.base_url).responses.create(model="m", input="hi", background=True)
+        assert len(small) == 0 and small.nbytes == 0
