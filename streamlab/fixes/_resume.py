@@ -121,7 +121,9 @@ class EventStore:
     ``create`` once per run id (True the first time), a producer lease
     (``claim``/``renew``/``release``/``producing``), ``append`` an event (returns
     its id), ``read`` what came after an id, waiting up to ``timeout`` seconds when
-    there is nothing yet. ``check_id`` rejects a malformed Last-Event-ID (ValueError).
+    there is nothing yet, ``finished`` when the producer is done. ``check_id``
+    rejects a malformed Last-Event-ID (ValueError). Subclass it for another backend
+    (Postgres ``LISTEN``, NATS JetStream); ids must be strictly increasing per run.
     """
 
     async def create(self, run_id: str) -> bool: raise NotImplementedError
@@ -139,6 +141,10 @@ class EventStore:
 
     async def ping(self) -> None:
         """Connect now (an app's startup), not on the first request."""
+        return None
+
+    async def finished(self, run_id: str) -> None:
+        """The run's producer ended (its last event is stored): start the clock of its expiry."""
         return None
 
     async def aclose(self) -> None:
@@ -315,8 +321,8 @@ class RedisStore(EventStore):
                 out.append(StoredEvent(event_id, fields.get("e", "message"), fields.get("d", "")))
         return out
 
-    async def expire_now(self, run_id: str) -> None:
-        """Shorten a finished run's keys to ``keep`` from now (called once a run ends)."""
+    async def finished(self, run_id: str) -> None:
+        """A finished run's keys expire ``keep`` seconds from now."""
         r = self._redis()
         async with r.pipeline(transaction=False) as pipe:
             for part in ("events", "created"):
@@ -432,9 +438,8 @@ class ResumableRuns:
                 await keeper
             with contextlib.suppress(BaseException):
                 await asyncio.shield(self.store.release(run_id, owner))
-            if isinstance(self.store, RedisStore):
-                with contextlib.suppress(BaseException):
-                    await asyncio.shield(self.store.expire_now(run_id))
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(self.store.finished(run_id))
 
     async def events(self, run_id: str, last_event_id: str | None = None) -> AsyncIterator[StoredEvent | None]:
         """Stored events after ``last_event_id``, then live ones, up to ``done``/``error``.
