@@ -224,7 +224,8 @@ class MockApp:
                 await self._json(send, 200, self.stats())
             else:
                 raise RequestError(404, f"Unknown route {_spec.echo(method, 20)} {_spec.echo(route)}. The mock serves POST "
-                                   "/v1/chat/completions and GET /v1/models (optionally under /s/<spec>/).")
+                                   "/v1/chat/completions, /v1/responses and GET /v1/models "
+                                   "(optionally under /s/<spec>/).")
         except RequestError as err:
             await self._json(send, err.status, None, error=err)
 
