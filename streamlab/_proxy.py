@@ -20,6 +20,8 @@ before closing), so the sink's rule stays simple:
     Abort, response head not yet written .. write the error response (504, 502 ...)
     Abort, head already written ........... close without the terminating chunk (a cut)
     Abort(reset=True) ..................... TCP RST (SO_LINGER 0)
+    End from a timer (hops.Timer action) .. not seen by the sink: the timer's link passes the
+                                            end's tail on and stops, so the body ends cleanly
 
 Faults are ordered by ``stage`` (timers on the upstream read first, then
 buffering, compression, framing, byte limits), whatever order they were added

@@ -124,6 +124,13 @@ class Timer(Fault):
                      that is not text/event-stream is cut instead
         reset        TCP RST (SO_LINGER 0); httpx raises ReadError (ECONNRESET)
 
+    A clean end needs chunked framing toward the client: a response the upstream
+    sent with Content-Length, or a close-delimited one (an HTTP/1.0 client,
+    ``ChunkedEncoding(on=False)``), ends short, which the client cannot tell from a
+    cut (with Content-Length it sees the body short; close-delimited it sees an end).
+    ``SendTimeout`` is not a Timer: it fires on a client that stopped reading, which
+    can be sent nothing more.
+
     Why a field on the timers and not on ``Rule`` (STYLE item 2 puts settings every
     fault shares on the wrapper): ``action`` is shared by every *timer*, not by every
     fault (a byte limit, buffering, gzip have no timer to fire), and it describes
