@@ -4,8 +4,9 @@
 Creates ``.venv/`` at the repository root with Python 3.11, installs the exact
 versions in ``requirements.lock`` (stored notebook outputs depend on them) and
 streamlab itself (editable). When run as root on Debian/Ubuntu it also installs
-nginx with apt-get, so the notebooks and tests can compare against the real
-thing; elsewhere streamlab falls back to its embedded proxy and says so.
+nginx and redis-server with apt-get, so the notebooks and tests can compare
+against the real thing; elsewhere streamlab falls back to its embedded proxy
+(and skips the Redis tests) and says so.
 
 It registers the venv's interpreter as the Jupyter kernel ``streamlab``
 ("streamlab (.venv)"), which every notebook names in its metadata (JupyterLab
@@ -42,6 +43,25 @@ def run(*cmd: str) -> None:
     subprocess.run(cmd, check=True, cwd=ROOT)
 
 
+def system_package(binary: str, package: str, found: str, missing: str) -> None:
+    """A system program the tests use: found, installed with apt-get when root on Debian/Ubuntu, or skipped."""
+    global _apt_updated
+    if shutil.which(binary) or Path("/usr/sbin", binary).exists() or Path("/usr/bin", binary).exists():
+        step(f"{binary} found: {found}")
+    elif hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
+        step(f"installing {package} with apt-get ({found})")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        if not _apt_updated:
+            subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+            _apt_updated = True
+        subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True, env=env)
+    else:
+        step(f"{binary} not installed and not root: {missing}")
+
+
+_apt_updated = False
+
+
 def jupyter_setup(python: Path) -> None:
     """The named kernel and the venv's server config (both inside .venv/, nothing in $HOME)."""
     run(str(python), "-m", "ipykernel", "install", "--sys-prefix", "--name", KERNEL,
@@ -70,16 +90,10 @@ def main() -> int:
     run(str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps", "-e", ".")
     step(f"registering the Jupyter kernel {KERNEL!r} ({KERNEL_DISPLAY}) and the server config (127.0.0.1)")
     jupyter_setup(python)
-    if shutil.which("nginx") or Path("/usr/sbin/nginx").exists():
-        step("nginx found: notebooks and tests will compare against real nginx")
-    elif hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get"):
-        step("installing nginx with apt-get (real-nginx parity checks)")
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "nginx-light"], check=True, env=env)
-    else:
-        step("nginx not installed and not root: the embedded proxy stands in for it "
-             "(install nginx to run the real-nginx checks)")
+    system_package("nginx", "nginx-light", "notebooks and tests will compare against real nginx",
+                   "the embedded proxy stands in for it (install nginx to run the real-nginx checks)")
+    system_package("redis-server", "redis-server", "the resumable-stream tests run on real Redis",
+                   "the resumable-stream tests on Redis are skipped (install redis-server to run them)")
     step(f"done in {time.monotonic() - started:.0f} s. Test: .venv/bin/python -m pytest   "
          "Workbook: .venv/bin/jupyter lab notebooks/  (headless: add --no-browser)")
     return 0
