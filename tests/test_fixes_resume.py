@@ -393,3 +393,23 @@ def test_a_run_longer_than_the_lease_is_renewed_not_lost(stack, kind):
     got, late = asyncio.run(go())
     assert [(e.event, e.data) for e in got] == [("token", str(i)) for i in range(12)] + [("done", "[DONE]")]
     assert [e.data for e in late] == [str(i) for i in range(3, 12)] + ["[DONE]"]
+
+
+def test_redis_down_answers_503_with_a_reason_not_a_500(monkeypatch):
+    from streamlab._servers import ThreadedASGIServer, free_port
+    from streamlab.apps import resumable
+
+    monkeypatch.setenv("STREAMLAB_REDIS_URL", f"redis://127.0.0.1:{free_port()}/0")  # nobody listens
+    resumable.runs.cache_clear()
+    try:
+        with ThreadedASGIServer(resumable.app) as server:
+            created = httpx.post(server.url + "/runs", params={"q": "x"}, timeout=10)
+            stream = httpx.get(server.url + "/runs/some-run/stream", timeout=10)
+            health = httpx.get(server.url + "/health", timeout=10)
+    finally:
+        resumable.runs.cache_clear()
+    for reply in (created, stream):
+        assert reply.status_code == 503, reply.text
+        assert reply.json()["error"]["type"] == "service_unavailable"
+        assert "event store unavailable: ConnectionError" in reply.json()["error"]["message"]
+    assert health.json()["store"] == "redis"

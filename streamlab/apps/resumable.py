@@ -60,7 +60,10 @@ def _store_name() -> str:
 @asynccontextmanager
 async def lifespan(app: FastAPI):
     async with warm_start(app):
-        await runs().store.ping()  # connect to Redis before the first request
+        try:
+            await runs().store.ping()  # connect to Redis before the first request
+        except Exception as exc:  # noqa: BLE001 - keep serving: requests answer 503 and say why
+            log("-", "/runs", f"EVENT STORE UNAVAILABLE at startup: {type(exc).__name__}: {exc}")
         yield
     await runs().aclose()
 
@@ -74,8 +77,9 @@ def _pid() -> dict[str, str]:
 
 
 def _error(status: int, message: str, param: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": param,
-                                   "code": None}}, status_code=status, headers=_pid())
+    kind = "service_unavailable" if status == 503 else "invalid_request_error"
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": None}},
+                        status_code=status, headers=_pid())
 
 
 async def _tokens(run_id: str, route: str, q: str, spec: str | None):
@@ -94,7 +98,10 @@ async def create_run(request: Request, q: str = PROMPT, run_id: str | None = Non
         check_run_id(run_id)
     except ValueError as exc:
         return _error(400, str(exc), "run_id")
-    started = await runs().start(run_id, lambda: _tokens(run_id, "/runs produce", q, spec))
+    try:
+        started = await runs().start(run_id, lambda: _tokens(run_id, "/runs produce", q, spec))
+    except Exception as exc:  # noqa: BLE001 - Redis down or unreachable
+        return _error(503, f"event store unavailable: {type(exc).__name__}: {exc}")
     body = {"run_id": run_id, "stream": f"/runs/{run_id}/stream", "started": started, "store": _store_name(),
             "pid": os.getpid()}
     return JSONResponse(body, status_code=201 if started else 200, headers=_pid())

@@ -488,7 +488,8 @@ class ResumableRuns:
         """A Starlette response: the SSE stream of ``run_id`` after the client's Last-Event-ID.
 
         400 for a malformed run id or Last-Event-ID, 404 for a run the store does not
-        have (never started, or expired), as JSON ``{"error": {...}}``.
+        have (never started, or expired), 503 when the store cannot be reached, as
+        JSON ``{"error": {...}}``.
         """
         from starlette.responses import JSONResponse, StreamingResponse
 
@@ -497,7 +498,12 @@ class ResumableRuns:
             after = self.last_event_id(request)
         except ValueError as exc:
             return JSONResponse(_error(str(exc), "invalid_request_error", "last_event_id"), status_code=400)
-        if not await self.store.exists(run_id):
+        try:
+            known = await self.store.exists(run_id)
+        except Exception as exc:  # noqa: BLE001 - Redis down or unreachable: say so, not a 500
+            return JSONResponse(_error(f"event store unavailable: {type(exc).__name__}: {exc}",
+                                       "service_unavailable", None), status_code=503)
+        if not known:
             return JSONResponse(_error(f"no run {run_id!r} (never started, or expired)", "not_found", "run_id"),
                                 status_code=404)
         self._log(run_id, f"serve after {after or '-'}")
