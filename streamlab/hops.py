@@ -337,9 +337,11 @@ class OriginReadTimeout(Timer):
     response head in time gets ``524``; a stream that goes silent that long after
     its head is closed (a cut). The body ``error code: 524`` (text/plain) is what
     Cloudflare serves to non-browser clients; browsers get an HTML page ("Error 524
-    A timeout occurred"). That body text was *not* found in the stored docs (it is
-    what API clients report); a later copy of the limits page lists 120 s, a
-    third-party note of 2026 125 s: the issue's 100 s is kept as the default.
+    A timeout occurred"). That body text is not in Cloudflare's docs as stored here;
+    it is what API clients get (client code and tests that match ``error code: 524``
+    bodies, e.g. OpenAI-compatible gateways behind Cloudflare). One later copy of the
+    limits page lists 120 s and a third-party note of 2026 cites 125 s: the 100 s of
+    the 2024 copies (and of the issue) is the default here.
     """
 
     seconds: float = 100.0
@@ -368,17 +370,18 @@ _GFE_502 = (b"<!DOCTYPE html>\n<html lang=en>\n  <meta charset=utf-8>\n  <title>
 class BackendTimeout(Timer):
     """Google Cloud external Application Load Balancer: the backend service timeout (``timeoutSec``, 30 s).
 
-    Documented (Compute API ``BackendService.timeoutSec``): "The backend service
-    timeout has a different meaning depending on the type of load balancer ... The
-    default is 30 seconds"; for HTTP(S) it is a request/response timeout, the time
-    the load balancer waits for the backend to return a *full* response, and for
-    WebSockets the longest a connection may stay open ("not an idle timeout - it's
-    a timeout on the connection lifetime", ingress-gce's WebSocket example). So it
-    is a total deadline counted from the request sent to the backend, however much
-    streams: a model that streams for longer than 30 s is cut at 30 s. No head in
-    time: ``502`` (the load balancer logs ``statusDetails: backend_timeout``) with
-    Google's "502 Server Error" page. The 502 and the page are from memory of
-    Google's error pages, not from the stored docs (which give no status for it).
+    Documented (Compute API reference, ``BackendService.timeoutSec``): "The backend
+    service timeout has a different meaning depending on the type of load balancer
+    ... The default is 30 seconds"; for WebSockets it is the longest a connection
+    may stay open ("this timeout is not an idle timeout - it's a timeout on the
+    connection lifetime", ingress-gce's WebSocket example). For HTTP(S) the
+    load-balancing docs call it a request/response timeout: the time to wait for the
+    backend's *full* response (that sentence is from Google's backend-service page
+    as remembered; the stored copies only have "request/response timeout"). So it is
+    a total deadline counted from the request sent to the backend, however steadily
+    the response streams: a model streaming for longer than 30 s is cut at 30 s. No
+    head in time: ``502`` (logged as ``statusDetails: backend_timeout``) with Google's
+    "502 Server Error" page; status and page are not in the stored docs (unverified).
     """
 
     seconds: float = 30.0
