@@ -13,12 +13,25 @@ reduced to the settings that matter (keyword-only, durations in scenario seconds
     sticky="cookie"        the first answer sets ``streamlab_upstream=<i>``; a client that
                            sends it back (httpx.Client keeps cookies) stays on upstream i
     sticky="x-session-id"  any other string is a request header: one upstream per value
+                           (requests without it: round robin)
+    sticky="ip"            one upstream per client network (nginx ``ip_hash``: IPv4 /24;
+                           every loopback client lands on the same upstream)
     retry=False            True: when the upstream refuses the connection, closes it, or
                            stays idle past ``idle_timeout`` before any byte reached the
                            client, send the same request to the next upstream (what nginx's
                            ``proxy_next_upstream error timeout`` does). The first run may
                            still be going: ``stats()['retries']`` counts the duplicates,
                            and the apps log both runs under one ``X-Request-ID``.
+    non_idempotent=False   as nginx (since 1.9.13): a POST, PATCH or LOCK that has been *sent*
+                           to an upstream is not retried (502/504 instead), only one whose
+                           connection failed; True retries it too (``non_idempotent``), and
+                           the model may run twice
+    max_fails=1            as nginx's ``server ... max_fails=1 fail_timeout=10s``: an upstream
+    fail_timeout=10        that failed max_fails times (refused, closed or timed out before the
+                           response) within fail_timeout is skipped for fail_timeout, then
+                           tried again; when all are skipped the answer is 502 at once
+                           ("no live upstreams"). ``max_fails=0``: never skipped. With a
+                           single upstream nothing is ever skipped (nginx does the same).
     idle_timeout=None      no byte in either direction for this long ends the exchange:
                            504 if the client has not had a byte yet (AWS ALB), else the
                            client connection is closed mid-body (its default is 60 s)
@@ -48,26 +61,62 @@ import collections
 import contextlib
 import itertools
 import threading
-from typing import Sequence
+import time
+from dataclasses import dataclass
+from typing import Any, Sequence
 from urllib.parse import urlsplit
 
 from ._servers import LoopThread, Server, bound_socket
 from ._timeline import HopLog
 from ._timescale import to_real
 
-__all__ = ["Balancer"]
+__all__ = ["Balancer", "Pool", "balancer_for"]
 
 COOKIE = "streamlab_upstream"
 _READ = 65536
+NON_IDEMPOTENT = frozenset({"POST", "PATCH", "LOCK"})  # nginx: NGX_HTTP_POST|NGX_HTTP_LOCK|NGX_HTTP_PATCH
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pool:
+    """The settings ``Balancer`` and nginx's ``upstream`` block share (``_nginx.nginx_upstream``)."""
+
+    upstreams: tuple[str, ...]
+    sticky: str | None = None
+    retry: bool = False
+    non_idempotent: bool = False
+    max_fails: int = 1
+    fail_timeout: float = 10.0
+    idle_timeout: float | None = None
+    connect_timeout: float = 5.0
+    keepalive: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.upstreams:
+            raise ValueError("a balancer needs at least one upstream")
+        if self.max_fails < 0 or self.fail_timeout <= 0 or self.connect_timeout <= 0 or self.keepalive < 0:
+            raise ValueError("max_fails and keepalive are >= 0, fail_timeout and connect_timeout > 0")
+        if self.idle_timeout is not None and self.idle_timeout <= 0:
+            raise ValueError("idle_timeout is None or > 0")
+        if self.non_idempotent and not self.retry:
+            raise ValueError("non_idempotent=True only means something with retry=True")
+        if self.sticky and not all(c.isalnum() or c == "-" for c in self.sticky):
+            raise ValueError(f"sticky is None, 'cookie', 'ip' or a header name, got {self.sticky!r}")
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        return [(urlsplit(u).hostname or "127.0.0.1", urlsplit(u).port or 80) for u in self.upstreams]
 
 
 class _Failed(Exception):
-    """An attempt ended before any byte reached the client; ``why`` says how."""
+    """An attempt ended before any byte reached the client; ``why`` says how, ``sent`` whether
+    the request had been written to the upstream (nginx's ``request_sent``)."""
 
-    def __init__(self, why: str, *, timeout: bool = False) -> None:
+    def __init__(self, why: str, *, timeout: bool = False, sent: bool = True) -> None:
         super().__init__(why)
         self.why = why
         self.timeout = timeout
+        self.sent = sent
 
 
 class _Chunked:
@@ -144,6 +193,9 @@ class Balancer(Server):
         *,
         sticky: str | None = None,
         retry: bool = False,
+        non_idempotent: bool = False,
+        max_fails: int = 1,
+        fail_timeout: float = 10.0,
         idle_timeout: float | None = None,
         connect_timeout: float = 5.0,
         name: str = "balancer",
@@ -154,6 +206,12 @@ class Balancer(Server):
         self.upstreams = list(upstreams)
         self.sticky = sticky.lower() if sticky else None
         self.retry = retry
+        self.non_idempotent = non_idempotent
+        self.max_fails = max_fails
+        self.fail_timeout = fail_timeout
+        Pool(upstreams=("x",), sticky=self.sticky, retry=retry, non_idempotent=non_idempotent, max_fails=max_fails,
+             fail_timeout=fail_timeout, idle_timeout=idle_timeout, connect_timeout=connect_timeout)  # checks
+        self._fails: dict[int, tuple[int, float]] = {}  # upstream -> (failures, when the last one was)
         self.idle_timeout = idle_timeout
         self.connect_timeout = connect_timeout
         self.log = HopLog(name)
@@ -174,6 +232,13 @@ class Balancer(Server):
     def upstream_urls(self) -> list[str]:
         return [u.url if isinstance(u, Server) else str(u).rstrip("/") for u in self.upstreams]
 
+    @property
+    def pool(self) -> Pool:
+        """These settings as a ``Pool`` (what ``NginxBalancer`` writes as an ``upstream`` block)."""
+        return Pool(upstreams=tuple(self.upstream_urls), sticky=self.sticky, retry=self.retry,
+                    non_idempotent=self.non_idempotent, max_fails=self.max_fails, fail_timeout=self.fail_timeout,
+                    idle_timeout=self.idle_timeout, connect_timeout=self.connect_timeout)
+
     def stats(self) -> dict:
         """Requests sent to each upstream (attempts, retries included), answers served, retries."""
         urls = self.upstream_urls
@@ -190,6 +255,7 @@ class Balancer(Server):
             self.served.clear()
             self.retries = 0
             self._affinity.clear()
+            self._fails.clear()
         self.log.clear()
 
     # -- lifecycle -------------------------------------------------------------------
@@ -260,8 +326,13 @@ class Balancer(Server):
         keep = [(k, v) for k, v in headers if k.lower() not in ("connection", "keep-alive")]
         request = _build_head(first, keep + [("Connection", "close")]) + body
 
-        start = self._pick(headers)
+        start = self._pick(headers, writer)
         order = [(start + k) % len(self._addresses) for k in range(len(self._addresses))]
+        order = [i for i in order if self._live(i)]
+        if not order:  # every upstream failed max_fails times within fail_timeout
+            self.log.add("fault", note="no live upstreams", conn=conn)
+            await self._reply(writer, conn, 502, "no live upstreams")
+            return
         if not self.retry:
             order = order[:1]
         client_gone = asyncio.ensure_future(reader.read(1))  # b"" when the client hangs up
@@ -269,26 +340,61 @@ class Balancer(Server):
             failure: _Failed | None = None
             for attempt, index in enumerate(order):
                 if attempt:
+                    if failure.sent and method in NON_IDEMPOTENT and not self.non_idempotent:
+                        self.log.add("fault", conn=conn, note=f"no retry: a {method} was sent to upstream "
+                                     f"{order[attempt - 1]} (nginx: non_idempotent not set)")
+                        break
                     with self._lock:
                         self.retries += 1
                     self.log.add("fault", conn=conn,
                                  note=f"retry: upstream {order[attempt - 1]} {failure.why} -> upstream {index}")
                 try:
                     await self._forward(conn, index, method, request, reader, writer, headers, client_gone)
+                    self._succeeded(index)
                     return
                 except _Failed as exc:
                     if exc.why == "client closed":
                         self.log.add("close", note="client closed", conn=conn)
                         return
+                    self._failed(index)
                     failure = exc
+                    last = index
             assert failure is not None
+            order = [last]
             self.log.add("fault", note=f"upstream {order[-1]} {failure.why}", conn=conn)
             await self._reply(writer, conn, 504 if failure.timeout else 502, f"upstream {failure.why}")
         finally:
             client_gone.cancel()
 
-    def _pick(self, headers: list[tuple[str, str]]) -> int:
+    def _live(self, index: int) -> bool:
+        """nginx's peer check: not max_fails failures within the last fail_timeout."""
+        if not self.max_fails or len(self.upstreams) == 1:
+            return True
+        with self._lock:
+            fails, when = self._fails.get(index, (0, 0.0))
+        return fails < self.max_fails or time.monotonic() - when > to_real(self.fail_timeout)
+
+    def _failed(self, index: int) -> None:
+        with self._lock:
+            fails, when = self._fails.get(index, (0, 0.0))
+            now = time.monotonic()
+            if now - when > to_real(self.fail_timeout):
+                fails = 0  # the earlier failures are older than fail_timeout: a new window
+            self._fails[index] = (fails + 1, now)
+
+    def _succeeded(self, index: int) -> None:
+        with self._lock:
+            self._fails.pop(index, None)
+
+    def _pick(self, headers: list[tuple[str, str]], writer: Any = None) -> int:
         n = len(self.upstreams)
+        if self.sticky == "ip":
+            peer = writer.get_extra_info("peername") if writer is not None else None
+            key = ".".join(str(peer[0]).split(".")[:3]) if peer else ""
+            with self._lock:
+                if key not in self._affinity:
+                    self._affinity[key] = next(self._rr) % n
+                return self._affinity[key]
         if self.sticky == "cookie":
             for part in (_get(headers, "cookie") or "").split(";"):
                 name, _, value = part.strip().partition("=")
@@ -340,9 +446,9 @@ class Balancer(Server):
             up_reader, up_writer = await asyncio.wait_for(asyncio.open_connection(host, port, limit=_READ),
                                                           to_real(self.connect_timeout))
         except asyncio.TimeoutError:
-            raise _Failed("connect timed out", timeout=True) from None
+            raise _Failed("connect timed out", timeout=True, sent=False) from None
         except OSError as exc:
-            raise _Failed(f"refused the connection ({type(exc).__name__})") from None
+            raise _Failed(f"refused the connection ({type(exc).__name__})", sent=False) from None
         try:
             up_writer.write(request)
             await up_writer.drain()
@@ -419,3 +525,20 @@ class Balancer(Server):
                 left -= len(data)
                 complete = left <= 0
         self.log.add("close", note=why, conn=conn)
+
+
+def balancer_for(upstreams: Sequence["str | Server"], *, prefer: str = "nginx", **settings: Any) -> Server:
+    """Real nginx (``NginxBalancer``, an ``upstream`` block) when it is installed, else ``Balancer``;
+    the same settings either way (see the module docstring). ``prefer="embedded"`` always gives
+    the Balancer. Not started (use ``with``); ``.kind`` says which one you got."""
+    from ._nginx import NginxBalancer, nginx_available
+
+    if prefer not in ("nginx", "embedded"):
+        raise ValueError(f"prefer is 'nginx' or 'embedded', got {prefer!r}")
+    if prefer == "nginx" and nginx_available():
+        return NginxBalancer(upstreams, **settings)
+    if settings.pop("keepalive", 0):
+        raise ValueError("keepalive= is an nginx setting (the Balancer opens one upstream connection per attempt)")
+    balancer = Balancer(upstreams, **settings)
+    balancer.kind = f"balancer ({'nginx not installed' if prefer == 'nginx' else 'asked for'})"
+    return balancer

@@ -72,8 +72,8 @@ from ._servers import Server, free_port
 from ._timeline import HopLog
 from ._timescale import to_real
 
-__all__ = ["NginxProxy", "NginxUnsupported", "nginx_available", "nginx_version", "nginx_conf", "proxy_for",
-           "NGINX_BINARY", "sweep_stale_workdirs"]
+__all__ = ["NginxProxy", "NginxBalancer", "NginxUnsupported", "nginx_available", "nginx_version", "nginx_conf",
+           "nginx_upstream", "nginx_has_http2", "proxy_for", "NGINX_BINARY", "sweep_stale_workdirs"]
 
 NGINX_BINARY = os.environ.get("STREAMLAB_NGINX", "/usr/sbin/nginx")
 GENERATION_PATH = "/__streamlab__/generation"
@@ -113,6 +113,20 @@ def nginx_version() -> str | None:
 def nginx_available() -> bool:
     """True when an nginx binary is installed and runs."""
     return nginx_version() is not None
+
+
+@lru_cache(maxsize=1)
+def nginx_has_http2() -> bool:
+    """True when the installed nginx was built with the HTTP/2 and SSL modules (``nginx -V``)."""
+    binary = _binary()
+    if binary is None:
+        return False
+    try:
+        out = subprocess.run([binary, "-V"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    flags = out.stderr + out.stdout
+    return "--with-http_v2_module" in flags and "--with-http_ssl_module" in flags
 
 
 # --------------------------------------------------------------------------- config generation
@@ -203,8 +217,17 @@ def nginx_conf(*, upstream: Any, port: int, rules: Iterable[Rule] = (), workdir:
                client_header_timeout: float = 60.0, client_body_timeout: float = 60.0,
                large_client_header_buffers: tuple[int, Any] = (4, "8k"), client_max_body_size: Any = "1m",
                proxy_buffer_size: Any = UNBUFFERED_RESPONSE_HEAD, host: str = "127.0.0.1",
-               generation: int = 1) -> str:
-    """The nginx.conf for these rules (see the module docstring). Pure: nothing is started."""
+               generation: int = 1, tls: tuple[str, str] | None = None, http2: bool = False) -> str:
+    """The nginx.conf for these rules (see the module docstring). Pure: nothing is started.
+
+    ``upstream`` is a URL or a ``streamlab._balancer.Pool`` (then an ``upstream`` block,
+    see ``nginx_upstream``). ``tls=(cert_path, key_path)`` makes the listener
+    ``ssl`` (``http2`` adds ``http2``: nginx 1.22 syntax ``listen ADDR:PORT ssl http2;``).
+    """
+    from ._balancer import Pool
+
+    if http2 and tls is None:
+        raise ValueError("http2 toward the client needs tls (browsers and httpx speak h2 over TLS only)")
     rules = tuple(rules)
     count, size = large_client_header_buffers
     buffers = f"{int(count)} {_size(parse_size(size, 'large_client_header_buffers'))}"
@@ -212,8 +235,13 @@ def nginx_conf(*, upstream: Any, port: int, rules: Iterable[Rule] = (), workdir:
     head_size = parse_size(proxy_buffer_size, "proxy_buffer_size")
     listen = f"[{host}]" if ":" in host else host
     check_supported(rules)
-    host, up_port, base = _parse_upstream(upstream)
-    target = f"http://{host}:{up_port}{base}$request_uri" if base else f"http://{host}:{up_port}"
+    pool_lines: list[str] = []
+    pool_location: list[str] = []
+    if isinstance(upstream, Pool):
+        pool_lines, target, pool_location = nginx_upstream(upstream)
+    else:
+        host, up_port, base = _parse_upstream(upstream)
+        target = f"http://{host}:{up_port}{base}$request_uri" if base else f"http://{host}:{up_port}"
     prefixes = sorted({"/", *(r.path_prefix for r in rules)})
     user = "user root;\n" if os.geteuid() == 0 else ""
     w = workdir
@@ -226,7 +254,7 @@ def nginx_conf(*, upstream: Any, port: int, rules: Iterable[Rule] = (), workdir:
         "events { worker_connections 1024; }",
         "http {",
         "    log_format streamlab '$msec $connection $status $bytes_sent $request_time "
-        "$upstream_status \"$request\"';",
+        "$upstream_status \"$request\" \"$upstream_addr\" $server_protocol';",
         f"    access_log {w}/access.log streamlab;",
         f"    client_body_temp_path {w}/client_body;",
         f"    proxy_temp_path {w}/proxy;",
@@ -238,8 +266,11 @@ def nginx_conf(*, upstream: Any, port: int, rules: Iterable[Rule] = (), workdir:
         f"    keepalive_timeout {_ms(keepalive_timeout)};",
         f"    client_header_timeout {_ms(client_header_timeout)};",
         f"    client_body_timeout {_ms(client_body_timeout)};",
+        *pool_lines,
         "    server {",
-        f"        listen {listen}:{port};",
+        f"        listen {listen}:{port}{' ssl' if tls else ''}{' http2' if http2 else ''};",
+        *([f"        ssl_certificate {tls[0]};", f"        ssl_certificate_key {tls[1]};",
+           "        ssl_protocols TLSv1.2 TLSv1.3;", "        ssl_session_cache off;"] if tls else []),
         f"        location = {GENERATION_PATH} {{ access_log off; return 200 \"{generation}\"; }}",
     ]
     for prefix in prefixes:
@@ -247,10 +278,80 @@ def nginx_conf(*, upstream: Any, port: int, rules: Iterable[Rule] = (), workdir:
         lines.append(f"        location {prefix} {{")
         lines.append(f"            proxy_pass {target};")
         lines.append(f"            proxy_http_version {proxy_http_version};")
-        lines.extend(f"            {d}" for d in _directives(faults, head_size))
+        directives = _directives(faults, head_size)
+        if pool_location:  # the pool's timeouts replace the fault defaults of the same name
+            names = {d.split()[0] for d in pool_location}
+            directives = [d for d in directives if d.split()[0] not in names] + pool_location
+        lines.extend(f"            {d}" for d in directives)
         lines.append("        }")
     lines += ["    }", "}", ""]
     return "\n".join(lines)
+
+
+def nginx_upstream(pool: Any) -> tuple[list[str], str, list[str]]:
+    """A ``Pool`` (``streamlab._balancer``) as nginx config: (http-level lines, proxy_pass target,
+    location directives). Same settings, nginx's names:
+
+        round robin               upstream streamlab_pool { server A max_fails=N fail_timeout=T; ... }
+        sticky="X-Session-Id"     hash $http_x_session_id consistent;   (no header: round robin)
+        sticky="ip"               ip_hash;                              (IPv4: by the first 3 octets)
+        sticky="cookie"           one group per upstream (the pinned one, the others as backup),
+                                  chosen by a map on $cookie_streamlab_upstream; Set-Cookie added
+        retry                     proxy_next_upstream error timeout [non_idempotent];  (else off)
+        idle_timeout              proxy_read_timeout / proxy_send_timeout / send_timeout
+        connect_timeout           proxy_connect_timeout
+        keepalive=K               keepalive K; + proxy_set_header Connection "";  (0: Connection: close)
+
+    Every answer says which upstream served it (``X-Streamlab-Upstream: <index>``, from
+    ``$upstream_addr``) and every request gets an ``X-Request-ID`` unless it has one.
+    """
+    addrs = [f"{h}:{p}" for h, p in pool.addresses]
+    # nginx reads fail_timeout in whole seconds ("10s"; no "ms" there): rounded, at least 1 s
+    opts = f" max_fails={int(pool.max_fails)} fail_timeout={max(1, round(to_real(pool.fail_timeout)))}s"
+    lines = ["    upstream streamlab_pool {"]
+    if pool.sticky == "ip":
+        lines.append("        ip_hash;")
+    elif pool.sticky and pool.sticky != "cookie":
+        lines.append(f"        hash $http_{pool.sticky.lower().replace('-', '_')} consistent;")
+    lines += [f"        server {a}{opts};" for a in addrs]
+    if pool.keepalive:
+        lines.append(f"        keepalive {int(pool.keepalive)};")
+    lines.append("    }")
+    target = "http://streamlab_pool"
+    if pool.sticky == "cookie":
+        for i in range(len(addrs)):
+            lines.append(f"    upstream streamlab_pin_{i} {{")
+            for k in range(len(addrs)):
+                j = (i + k) % len(addrs)
+                lines.append(f"        server {addrs[j]}{opts}{' backup' if k else ''};")
+            if pool.keepalive:
+                lines.append(f"        keepalive {int(pool.keepalive)};")
+            lines.append("    }")
+        lines.append("    map $cookie_streamlab_upstream $streamlab_group {")
+        lines.append("        default streamlab_pool;")
+        lines += [f'        "{i}" streamlab_pin_{i};' for i in range(len(addrs))]
+        lines.append("    }")
+        target = "http://$streamlab_group"
+    lines.append("    map $upstream_addr $streamlab_upstream_index {")
+    lines.append('        default "";')
+    lines += ['        "~(^|, )' + re.escape(a) + f'$" {i};' for i, a in enumerate(addrs)]
+    lines.append("    }")
+    lines.append("    map $http_x_request_id $streamlab_request_id {")
+    lines.append('        "" "lb-$connection-$connection_requests";')
+    lines.append("        default $http_x_request_id;")
+    lines.append("    }")
+    next_up = "error timeout" + (" non_idempotent" if pool.non_idempotent else "") if pool.retry else "off"
+    idle = _ms(pool.idle_timeout)
+    location = [f"proxy_next_upstream {next_up};", "proxy_next_upstream_tries 0;",
+                f"proxy_connect_timeout {_ms(pool.connect_timeout)};",
+                f"proxy_read_timeout {idle};", f"proxy_send_timeout {idle};", f"send_timeout {idle};",
+                "proxy_set_header Host $http_host;",
+                "proxy_set_header X-Request-ID $streamlab_request_id;",
+                f"proxy_set_header Connection {chr(34) * 2 if pool.keepalive else 'close'};",
+                "add_header X-Streamlab-Upstream $streamlab_upstream_index always;"]
+    if pool.sticky == "cookie":
+        location.append('add_header Set-Cookie "streamlab_upstream=$streamlab_upstream_index; Path=/" always;')
+    return lines, target, location
 
 
 # --------------------------------------------------------------------------- the runner
@@ -265,6 +366,13 @@ class NginxProxy(Configurable, Server):
     ``proxy_buffer_size``, ``name``, ``port``, ``host`` + ``allow_non_loopback``
     (``record`` is accepted and ignored: nginx keeps its own logs).
 
+    ``tls=True`` listens with TLS on a self-signed certificate made at start
+    (``streamlab._tls``; key and cert in nginx's private temp dir), ``http2=True``
+    (implies ``tls``) also speaks HTTP/2 to clients (ALPN h2, HTTP/1.1 still offered).
+    Then ``url``/``https_url`` is ``https://127.0.0.1:PORT``, ``ca_path`` the certificate
+    to trust and ``ssl_context()`` an ``ssl.SSLContext`` for ``httpx.Client(verify=...)``.
+    Toward the upstream nginx still speaks HTTP/1.x (``proxy_http_version``).
+
     ``config`` is the generated nginx.conf, ``log_lines(grep)`` nginx's error log,
     ``log`` a ``HopLog`` built from nginx's access log (one open/status/out/close
     per request) and error log (``fault`` events for timeouts and failures).
@@ -278,8 +386,20 @@ class NginxProxy(Configurable, Server):
                  client_header_timeout: float = 60.0, client_body_timeout: float = 60.0,
                  large_client_header_buffers: tuple[int, Any] = (4, "8k"), client_max_body_size: Any = "1m",
                  proxy_buffer_size: Any = UNBUFFERED_RESPONSE_HEAD, record: bool = True, name: str = "nginx",
-                 port: int = 0, host: str = "127.0.0.1", allow_non_loopback: bool = False) -> None:
+                 port: int = 0, host: str = "127.0.0.1", allow_non_loopback: bool = False,
+                 tls: bool = False, http2: bool = False) -> None:
         super().__init__()
+        self.http2 = bool(http2)
+        self.tls = bool(tls) or self.http2
+        if self.tls:
+            from ._tls import tls_backend
+
+            if self.http2 and nginx_available() and not nginx_has_http2():
+                raise RuntimeError("this nginx has no HTTP/2 module (nginx -V: --with-http_v2_module)")
+            if tls_backend() is None:
+                raise RuntimeError("tls=True needs the cryptography package or the openssl command")
+        self.ca_path: str | None = None
+        self._key_path: str | None = None
         self.host = check_bind_host(host, allow_non_loopback, "nginx (NginxProxy)")
         if not nginx_available():
             raise RuntimeError("nginx is not installed (apt-get install nginx-light); use the embedded Proxy")
@@ -309,6 +429,7 @@ class NginxProxy(Configurable, Server):
         self._reader: threading.Thread | None = None
         self._log = HopLog(name)
         self._access_offset = 0
+        self._records: list[dict] = []
         self._clock = (time.time(), time.perf_counter())
         self._reload_lock = threading.Lock()
         self._fixed_port = port
@@ -332,7 +453,8 @@ class NginxProxy(Configurable, Server):
                                  large_client_header_buffers=self.large_client_header_buffers,
                                  client_max_body_size=self.client_max_body_size,
                                  proxy_buffer_size=self.proxy_buffer_size, host=self.host,
-                                 generation=self.generation)
+                                 generation=self.generation, http2=self.http2,
+                                 tls=(self.ca_path, self._key_path) if self.tls else None)
         path = os.path.join(self.workdir, "nginx.conf")
         with open(path + ".new", "w") as fh:
             fh.write(self.config)
@@ -345,6 +467,10 @@ class NginxProxy(Configurable, Server):
         sweep_stale_workdirs()
         self.workdir = tempfile.mkdtemp(prefix=TEMP_PREFIX)
         _write_owner(self.workdir, None)
+        if self.tls:
+            from ._tls import make_self_signed
+
+            self.ca_path, self._key_path = make_self_signed(self.workdir)
         self._clock = (time.time(), time.perf_counter())
         last_error = ""
         for _attempt in range(3):  # nginx binds the port itself: retry if someone took it meanwhile
@@ -387,12 +513,13 @@ class NginxProxy(Configurable, Server):
 
     def _probe(self) -> str | None:
         try:
-            with socket.create_connection((self.host, self.port), timeout=0.5) as sock:
+            with socket.create_connection((self.host, self.port), timeout=0.5) as raw:
+                sock = self._probe_context().wrap_socket(raw, server_hostname=self.host) if self.tls else raw
                 sock.sendall(f"GET {GENERATION_PATH} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
                 data = b""
                 while chunk := sock.recv(4096):
                     data += chunk
-        except OSError:
+        except (OSError, ValueError):  # ssl.SSLError is an OSError
             return None
         head, _, body = data.partition(b"\r\n\r\n")
         return body.decode() if head.startswith(b"HTTP/1.1 200") else None
@@ -479,6 +606,36 @@ class NginxProxy(Configurable, Server):
             self.workdir = None
         self._stop_watchdog()
 
+    def _probe_context(self) -> Any:
+        import ssl
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # our own probe: the cert may be rewritten mid-start
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+    # -- TLS
+    @property
+    def url(self) -> str:
+        plain = super().url
+        return "https" + plain[4:] if self.tls else plain
+
+    @property
+    def https_url(self) -> str:
+        """``https://127.0.0.1:PORT`` (``tls=True`` or ``http2=True`` only)."""
+        if not self.tls:
+            raise RuntimeError("this nginx listens without TLS; use NginxProxy(..., tls=True) or http2=True")
+        return self.url
+
+    def ssl_context(self, *, http2: bool | None = None) -> Any:
+        """An ``ssl.SSLContext`` trusting this nginx's certificate (``ca_path``), ALPN h2 + http/1.1
+        (``http2=False``: http/1.1 only)."""
+        from ._tls import client_context
+
+        if not self.tls or self.ca_path is None:
+            raise RuntimeError("no certificate: start an NginxProxy with tls=True or http2=True first")
+        return client_context(self.ca_path, http2=self.http2 if http2 is None else http2)
+
     # -- what nginx saw
     @property
     def pid(self) -> int | None:
@@ -501,9 +658,14 @@ class NginxProxy(Configurable, Server):
             self._access_offset += end
             wall0, perf0 = self._clock
             for line in data[:end].decode("utf-8", "replace").splitlines():
-                match = re.match(r"(\S+) (\d+) (\d+) (\d+) (\S+) (\S+) \"(.*)\"$", line)
+                match = re.match(r"(\S+) (\d+) (\d+) (\d+) (\S+) (.+?) \"(.*)\" \"(.*)\" (\S+)$", line)
                 if not match:
                     continue
+                self._records.append({"status": int(match.group(3)), "request": match.group(7),
+                                      "upstream_status": match.group(6), "protocol": match.group(9),
+                                      "upstream_addr": [] if match.group(8) in ("-", "") else
+                                      [a.strip() for a in re.split(r"[,:] (?=\d|unix|\[)", match.group(8))
+                                       if a.strip()]})
                 t_end = perf0 + float(match.group(1)) - wall0
                 conn = int(match.group(2))
                 status, sent, took, up_status = match.group(3), int(match.group(4)), float(match.group(5)), match.group(6)
@@ -618,3 +780,78 @@ def proxy_for(*, upstream: Any, faults: Iterable[Any] = (), profile: str | None 
     proxy = Proxy(upstream=upstream, faults=faults, profile=profile, **settings)
     proxy.kind = f"embedded proxy ({why})"
     return proxy
+
+
+# --------------------------------------------------------------------------- nginx as the load balancer
+
+
+class NginxBalancer(NginxProxy):
+    """Real nginx load-balancing ``upstreams`` with a ``Balancer``'s settings (an ``upstream`` block).
+
+    Same keyword-only settings as ``Balancer`` (``sticky``, ``retry``, ``non_idempotent``,
+    ``max_fails``, ``fail_timeout``, ``idle_timeout``, ``connect_timeout``), plus
+    ``keepalive`` (idle kept-alive upstream connections per worker; 0 = one connection per
+    request, like the Balancer) and the ``NginxProxy`` settings (``tls``, ``http2``,
+    ``faults``, ...). Upstream URLs are read at start, so streamlab servers may be passed
+    before they are started. ``stats()`` has the Balancer's shape, from nginx's access log
+    (``$upstream_addr``: one address per attempt).
+    """
+
+    def __init__(self, upstreams: Any, *, sticky: str | None = None, retry: bool = False,
+                 non_idempotent: bool = False, max_fails: int = 1, fail_timeout: float = 10.0,
+                 idle_timeout: float | None = None, connect_timeout: float = 5.0, keepalive: int = 0,
+                 name: str = "nginx-lb", proxy_http_version: str = "1.1", **settings: Any) -> None:
+        from ._balancer import Pool
+
+        upstreams = list(upstreams)
+        if not upstreams:
+            raise ValueError("a balancer needs at least one upstream")
+        self.upstreams = upstreams
+        self._pool_settings = dict(sticky=sticky.lower() if sticky else None, retry=retry,
+                                   non_idempotent=non_idempotent, max_fails=max_fails, fail_timeout=fail_timeout,
+                                   idle_timeout=idle_timeout, connect_timeout=connect_timeout, keepalive=keepalive)
+        placeholder = Pool(upstreams=tuple(f"http://127.0.0.1:{i + 1}" for i in range(len(upstreams))),
+                           **self._pool_settings)  # settings checked now; real ports at start
+        super().__init__(upstream=placeholder, name=name, proxy_http_version=proxy_http_version, **settings)
+        self.kind = f"real nginx {nginx_version()} (upstream)"
+
+    @property
+    def upstream_urls(self) -> list[str]:
+        return [u.url if isinstance(u, Server) else str(u).rstrip("/") for u in self.upstreams]
+
+    @property
+    def pool(self) -> Any:
+        from ._balancer import Pool
+
+        return Pool(upstreams=tuple(self.upstream_urls), **self._pool_settings)
+
+    def _write_config(self) -> None:
+        self.upstream = self.pool
+        super()._write_config()
+
+    def stats(self) -> dict:
+        """Attempts per upstream (retries included), answers served per upstream, retries."""
+        self._read_access_log()
+        urls = self.upstream_urls
+        where = {u.split("://", 1)[-1]: i for i, u in enumerate(urls)}
+        requests = [0] * len(urls)
+        served = [0] * len(urls)
+        retries = 0
+        for record in self._records:
+            tried = [where[a] for a in record["upstream_addr"] if a in where]
+            for i in tried:
+                requests[i] += 1
+            retries += max(0, len(tried) - 1)
+            last = record["upstream_status"].split(", ")[-1]
+            if tried and last.isdigit() and last not in ("502", "504"):  # 502/504: nginx's own (or relayed)
+                served[tried[-1]] += 1
+        return {"requests": dict(zip(urls, requests)), "served": dict(zip(urls, served)), "retries": retries}
+
+    def reset_stats(self) -> None:
+        self._read_access_log()
+        self._records.clear()
+        self._log.clear()
+
+    def __repr__(self) -> str:
+        where = f"{self.host}:{self.port}" if self.port else "not started"
+        return f"<NginxBalancer {self.kind} {where} {self._pool_settings}>"
