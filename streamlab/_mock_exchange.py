@@ -129,7 +129,7 @@ class Exchange:
         if self.entry.disconnect is None:
             self.entry.disconnect = where
             self.entry.t_disconnect = time.perf_counter() - self.entry.t_start
-            self.note("disconnect", f"noticed {where}")
+            # (no log event: a hop log printed in a notebook keeps its rows; the entry says where)
 
     def left(self, where: str) -> None:
         """The client is gone: stop (raise ``Ended``) or, with ``keep_generating``, go on silently."""

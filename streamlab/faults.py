@@ -24,7 +24,9 @@ Spec grammar (path prefix ``/s/<spec>/v1/...`` or header ``X-Streamlab: <spec>``
     context=4096    HTTP 400 context_length_exceeded when prompt + max_tokens > 4096
     slowheaders=5   wait 5 s before sending the response headers
 
-Response shapes (how a real server's answer differs from the mock's default; registered like faults)::
+Response shapes: how a real server's answer differs from the mock's default. They take a word, share
+the grammar and live in their own registry, ``SHAPES`` (``shapes()``), so ``names()`` (the playground's
+dropdown, the outcome table) keeps to the faults that take numbers::
 
     accel=yes       X-Accel-Buffering: yes (default no; accel=absent: no such header)
     ctype=plain     Content-Type text/plain; charset=utf-8 (sse = the default text/event-stream;

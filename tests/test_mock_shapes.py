@@ -107,6 +107,21 @@ def test_shapes_apply_from_header_script_inject_and_cli():
     assert proc.returncode == 2 and "transfer" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_shapes_from_the_cli_fault_flag_reach_the_wire():
+    proc = subprocess.Popen([sys.executable, "-m", "streamlab", "mock", "--tokens", "3", "--fault",
+                             "transfer=close,accel=absent"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        port = int(line.split("127.0.0.1:")[1].split("/")[0])
+        head, body, _ = raw_exchange(port, "/v1/chat/completions")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        proc.stdout.close()
+    assert head.startswith("HTTP/1.0 200") and "x-accel-buffering" not in header_dict(head)
+    assert body.endswith(b"data: [DONE]\n\n")
+
+
 # -- headers ------------------------------------------------------------------------------------------
 
 
@@ -134,7 +149,7 @@ def test_header_shapes_reach_the_wire_and_the_sdk_still_parses_the_stream(spec, 
 
 
 def test_transfer_length_generates_the_whole_answer_then_sends_it_at_once():
-    itl, n = 0.05, 8
+    itl, n = 0.1, 8
     with sl.MockLLM(tokens=n, itl=itl) as mock:
         head, body, reads = raw_exchange(mock.port, "/s/transfer=length/v1/chat/completions")
         headers = header_dict(head)
@@ -147,7 +162,7 @@ def test_transfer_length_generates_the_whole_answer_then_sends_it_at_once():
 
 
 def test_transfer_close_is_an_http10_close_delimited_paced_body():
-    itl, n = 0.05, 8
+    itl, n = 0.1, 8
     with sl.MockLLM(tokens=n, itl=itl) as mock:
         head, body, reads = raw_exchange(mock.port, "/s/transfer=close/v1/chat/completions")
         headers = header_dict(head)
@@ -189,7 +204,11 @@ def test_non_streaming_answer_in_other_framings_parses_the_same(transfer):
 NGINX = pytest.mark.skipif(not sl.nginx_available(), reason="nginx not installed")
 
 
-def through_proxy(prefer: str, spec: str, n: int = 8, itl: float = 0.05):
+PROXY_ITL, PROXY_N = 0.1, 8
+LAST_DUE = (PROXY_N - 1) * PROXY_ITL  # when the last token is due
+
+
+def through_proxy(prefer: str, spec: str, n: int = PROXY_N, itl: float = PROXY_ITL):
     with sl.MockLLM(tokens=n, itl=itl) as mock, \
             sl.proxy_for(upstream=mock, prefer=prefer, faults=sl.hops.nginx()) as proxy:
         if prefer == "nginx":
@@ -202,21 +221,21 @@ def through_proxy(prefer: str, spec: str, n: int = 8, itl: float = 0.05):
 def test_close_delimited_body_is_held_by_nginx_buffering(prefer):
     """The llama-swap incident: what nginx receives is not chunked, so proxy_buffering holds it to the end."""
     run, first, spread = through_proxy(prefer, "transfer=close,accel=absent")
-    assert run.outcome is sl.Outcome.BUFFERED and run.tokens == 8
-    assert first >= 7 * 0.05 * 0.9 and spread < 0.05
+    assert run.outcome is sl.Outcome.BUFFERED and run.tokens == PROXY_N
+    assert first >= LAST_DUE * 0.9 and spread < PROXY_ITL
 
 
 @pytest.mark.parametrize("prefer", [pytest.param("nginx", marks=NGINX), "embedded"])
 def test_accel_buffering_no_header_lets_nginx_stream(prefer):
     run, first, spread = through_proxy(prefer, "transfer=close,accel=no")
-    assert run.outcome is sl.Outcome.COMPLETE and run.tokens == 8
-    assert first < 7 * 0.05 / 2 and spread >= 7 * 0.05 * 0.8
+    assert run.outcome is sl.Outcome.COMPLETE and run.tokens == PROXY_N
+    assert first < LAST_DUE / 2 and spread >= LAST_DUE * 0.8
 
 
 @pytest.mark.parametrize("prefer", [pytest.param("nginx", marks=NGINX), "embedded"])
 def test_chunked_body_streams_through_nginx_even_with_accel_yes(prefer):
     run, first, spread = through_proxy(prefer, "accel=yes")
-    assert run.outcome is sl.Outcome.COMPLETE and first < 7 * 0.05 / 2 and spread >= 7 * 0.05 * 0.8
+    assert run.outcome is sl.Outcome.COMPLETE and first < LAST_DUE / 2 and spread >= LAST_DUE * 0.8
 
 
 # -- finish_reason ----------------------------------------------------------------------------------
