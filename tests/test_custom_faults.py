@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 MSG = [{"role": "user", "content": "hi"}]
 
 
-# -- the README's recipe, word for word ------------------------------------------------------------
-@faults.register
+# -- the README's recipe, word for word (registered by the fixture below, not at import: collection
+# -- imports every test module first, and other modules' tests must not see these names) ------------
 @dataclass(frozen=True, kw_only=True)
 class SplitChunk(faults.Fault):
     """Chunk ``at`` leaves in two writes ``gap`` scenario seconds apart (an SSE event split across reads)."""
@@ -53,7 +53,6 @@ class SplitChunk(faults.Fault):
 # ---------------------------------------------------------------------------------------------------
 
 
-@hops.register
 @dataclass(frozen=True, kw_only=True)
 class HoldHead(hops.Fault):
     """Hold the upstream's response head for ``seconds`` (scenario seconds), like a WAF inspecting it."""
@@ -72,7 +71,10 @@ class HoldHead(hops.Fault):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def forget_our_faults():
+def our_faults_registered():
+    """``@faults.register`` / ``@hops.register`` as the recipe writes them, for this module only."""
+    faults.register(SplitChunk)
+    hops.register(HoldHead)
     yield
     faults.REGISTRY.pop("split", None)
     hops.REGISTRY.pop("hold_head", None)
@@ -131,11 +133,22 @@ def test_register_refuses_bad_or_taken_names():
     assert again is SplitChunk and faults.REGISTRY["split"] is SplitChunk
 
 
+CLI = ("import sys; sys.path.insert(0, 'tests'); import test_custom_faults as t; from streamlab import _cli; "
+       "t.faults.register(t.SplitChunk); sys.exit(_cli.main(['mock', '--tokens', '4', '--fault', sys.argv[1]]))")
+
+
 def test_user_model_fault_from_the_cli_fault_flag():
-    code = ("import sys, runpy; sys.path.insert(0, 'tests'); import test_custom_faults; "
-            "sys.argv = ['streamlab', 'mock', '--fault', 'split@x']; runpy.run_module('streamlab', run_name='__main__')")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and "split" in proc.stderr and "Traceback" not in proc.stderr
+    proc = subprocess.Popen([sys.executable, "-c", CLI, "split@1=0.3"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline().split("127.0.0.1:")[1].split("/")[0])
+        pieces = reads_of(f"http://127.0.0.1:{port}/v1")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        proc.stdout.close()
+    assert max(b[0] - a[0] for a, b in zip(pieces, pieces[1:])) >= 0.28
+    bad = subprocess.run([sys.executable, "-c", CLI, "split@x"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "token index" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_user_hop_fault_through_proxy_as_object_and_spec_string():
