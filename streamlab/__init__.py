@@ -16,6 +16,7 @@ Taught in notebooks/00_start_here.ipynb. The hops between client and model
 from . import faults, fixes, hops, load
 from ._appserver import AppServer, Gunicorn, LogLine, Uvicorn
 from ._balancer import Balancer
+from ._browser import Browser, BrowserError, BrowserRun, BrowserTimeout, browser_available, browser_stream
 from ._errors import IncompleteStream, LengthTruncation, UsageMismatch
 from ._diagnose import DiagnoseError, Finding, Report, diagnose
 from ._clients import (Abort, ClientTimeout, HTTPStream, SlowReader, StreamResult, TotalTimeout, app_event,
@@ -54,4 +55,5 @@ __all__ = [
     "offline", "NetworkBlocked",
     "diagnose", "Report", "Finding", "DiagnoseError",
     "require", "VersionMismatch",
+    "Browser", "BrowserRun", "BrowserError", "BrowserTimeout", "browser_stream", "browser_available",
 ]
