@@ -15,14 +15,14 @@ Taught in notebooks/00_start_here.ipynb. The hops between client and model
 
 from . import faults, fixes, hops, load
 from ._appserver import AppServer, Gunicorn, LogLine, Uvicorn
-from ._balancer import Balancer
+from ._balancer import Balancer, balancer_for
 from ._browser import Browser, BrowserError, BrowserRun, BrowserTimeout, browser_available, browser_stream
 from ._errors import IncompleteStream, LengthTruncation, UsageMismatch
 from ._diagnose import DiagnoseError, Finding, Report, diagnose
 from ._clients import (Abort, ClientTimeout, HTTPStream, SlowReader, StreamResult, TotalTimeout, app_event,
                        read_stream)
 from ._mock import Journal, JournalEntry, MockApp, MockLLM
-from ._nginx import NginxProxy, nginx_available, proxy_for
+from ._nginx import NginxBalancer, NginxProxy, nginx_available, proxy_for
 from ._offline import NetworkBlocked, offline
 from ._playground import playground, run_scenario
 from ._proxy import Proxy
@@ -50,7 +50,7 @@ __all__ = [
     "Server", "running_servers", "stop_all",
     "Proxy", "NginxProxy", "proxy_for", "nginx_available",
     "RedisServer", "RedisUnavailable", "redis_available",
-    "AppServer", "Uvicorn", "Gunicorn", "LogLine", "Balancer",
+    "AppServer", "Uvicorn", "Gunicorn", "LogLine", "Balancer", "balancer_for", "NginxBalancer",
     "HTTPStream", "StreamResult", "read_stream", "app_event", "Abort", "SlowReader", "ClientTimeout", "TotalTimeout",
     "offline", "NetworkBlocked",
     "diagnose", "Report", "Finding", "DiagnoseError",
