@@ -90,6 +90,12 @@ def _wait(predicate, timeout: float = 10.0, what: str = "condition") -> None:
         time.sleep(0.005)
 
 
+def _settled(server) -> None:
+    """After a kill: every worker the arbiter booted has finished the app's startup."""
+    _wait(lambda: len(server.log_lines("Application startup complete")) >= len(server.log_lines("Booting worker")),
+          timeout=30, what="replacement worker startup")
+
+
 def _owner(replicas, pid: int):
     for server in replicas:
         if pid in server.worker_pids():
@@ -122,6 +128,7 @@ def test_worker_killed_mid_stream_cuts_the_baseline(stack):
     thread.join(10)
     assert stream.result.outcome == "cut" and isinstance(stream.result.error, httpx.RemoteProtocolError)
     assert _indices(stream.result.events) == list(range(8))
+    _settled(server)
 
 
 def test_worker_killed_mid_stream_resumable_run_completes_once(stack):
@@ -140,6 +147,7 @@ def test_worker_killed_mid_stream_resumable_run_completes_once(stack):
     assert result.connections[0]["ended"] == "cut: RemoteProtocolError"
     assert result.reconnects >= 1 and all(int(c["pid"]) != served_by for c in result.connections[1:])
     assert _model_runs(mock, prompt) == 1
+    _settled(server)
 
 
 def test_a_killed_producer_ends_the_run_with_producer_lost_not_a_hang(stack):
@@ -161,6 +169,7 @@ def test_a_killed_producer_ends_the_run_with_producer_lost_not_a_hang(stack):
     assert got == list(range(8)), "what was produced before the kill, once"
     assert took < 2 + 1 + 2, f"readers learn it within lease + poll (+ margin): {took:.1f} s"
     assert _model_runs(mock, prompt) == 1
+    _settled(a)
 
 
 # -- the browser's EventSource ---------------------------------------------------------------
@@ -212,6 +221,7 @@ def test_browser_eventsource_resumes_after_a_worker_kill_with_last_event_id(stac
     assert resumed, "the browser reconnected with Last-Event-ID"
     assert resumed[0].split("serve after ")[1] in {event_id for event_id, _ in got}
     assert _model_runs(mock, prompt) == 1
+    _settled(b)
 
 
 # -- (2) a proxy read timeout during a model stall -------------------------------------------
@@ -225,17 +235,17 @@ def test_proxy_read_timeout_during_a_stall_cuts_the_baseline_and_the_run_resumes
         baseline_prompt = _prompt("timeout-baseline")
         baseline = sl.HTTPStream(nginx.url + f"/chat/sse?q={baseline_prompt}&spec={spec}", unit="event",
                                  timeout=httpx.Timeout(10.0)).run()
-        assert baseline.outcome == "cut"
+        assert baseline.outcome == "cut", baseline
         assert _indices(baseline.events) == list(range(5))
-        assert nginx.log_lines("upstream timed out")
+        _wait(lambda: nginx.log_lines("upstream timed out"), timeout=5, what="nginx's timeout line")
 
         prompt = _prompt("timeout-resume")
         run = _start_run(nginx.url, prompt, spec)
         result = ResumableStream(run["stream"])
         list(resume_stream(nginx.url + run["stream"], result=result, retry=0.5))
         _assert_exactly_once(result)
-        assert result.reconnects >= 1
-        assert result.connections[0]["ended"] == "cut: RemoteProtocolError"
+        assert result.reconnects >= 1 and result.connections[0]["ended"] == "cut: RemoteProtocolError", \
+            result.connections
         assert _model_runs(mock, prompt) == 1
 
 
