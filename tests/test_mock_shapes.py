@@ -128,8 +128,9 @@ def test_shapes_from_the_cli_fault_flag_reach_the_wire():
 def test_default_stream_headers_are_unchanged():
     with sl.MockLLM(tokens=2) as mock:
         head, _, _ = raw_exchange(mock.port, "/v1/chat/completions")
-    assert head.split("\r\n") == ["HTTP/1.1 200 OK", "x-request-id: 1", "content-type: text/event-stream; charset=utf-8",
-                                  "cache-control: no-cache", "x-accel-buffering: no", "transfer-encoding: chunked"]
+    assert head.split("\r\n") == ["HTTP/1.1 200 OK", "x-request-id: 1",
+                                  "content-type: text/event-stream; charset=utf-8", "cache-control: no-cache",
+                                  "x-accel-buffering: no", "transfer-encoding: chunked"]
 
 
 @pytest.mark.parametrize("spec, name, value", [
