@@ -90,7 +90,7 @@ __all__ = [
     "ReadTimeout", "UpstreamSendTimeout", "SendTimeout", "Buffering", "Gzip", "ChunkedEncoding",
     "IdleTimeout", "Deadline", "KillAfter", "OriginReadTimeout", "BackendTimeout", "RouterTimeout",
     "CutAfterBytes", "ResetAfterBytes",
-    "REGISTRY", "names", "from_spec", "parse", "to_spec", "SpecError",
+    "REGISTRY", "names", "from_spec", "parse", "to_spec", "SpecError", "to_real",
     "PROFILES", "nginx", "load_balancer", "api_gateway", "serverless",
     "cloudflare", "aws_alb", "aws_api_gateway", "gcp_load_balancer", "heroku", "ingress_nginx",
 ]
@@ -777,6 +777,16 @@ def _bool(raw: str) -> bool:
     raise ValueError(f"{raw!r} is not on or off")
 
 
+def _type_name(annotation: Any) -> str:
+    """A field's type as its annotation text, whether the module that defined the fault used
+    ``from __future__ import annotations`` (a string) or not (a real type such as ``float``)."""
+    if isinstance(annotation, str):
+        return annotation
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
 def _convert(type_name: str, raw: str) -> Any:
     if type_name.startswith("float"):
         return _duration(raw)
@@ -809,7 +819,7 @@ def from_spec(spec: str) -> Fault:
     cls = REGISTRY.get(name)
     if cls is None:
         raise SpecError(f"unknown hop fault {name!r} in {spec!r}; known: {', '.join(REGISTRY)}")
-    types = {f.name: str(f.type) for f in fields(cls)}
+    types = {f.name: _type_name(f.type) for f in fields(cls)}
     kwargs: dict[str, Any] = {}
     pairs = [(cls.value_arg, value)] if has_value else []
     if has_value and cls.value_arg is None:

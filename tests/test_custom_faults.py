@@ -5,9 +5,8 @@ string over a real socket (path prefix and header), from ``mock.script``/``mock.
 ``faults.validate`` and the CLI's ``--fault``. The hop fault (``HoldHead``) uses ``streamlab.hops``'
 public ``Fault``/``register``/``Head`` and goes through ``sl.Proxy`` as an object and as a spec string.
 
-This module uses ``from __future__ import annotations`` because ``hops.from_spec`` reads a field's
-type as its annotation text; with real types (no future import) it cannot parse ``hold_head=0.3``
-(pinned by the strict xfail below, for ``streamlab/hops.py``). The model-fault recipe works either way.
+A hop fault or a model fault parses from a spec whether the module that defines it uses
+``from __future__ import annotations`` or real types (a notebook cell, the README).
 """
 
 from __future__ import annotations
@@ -177,8 +176,6 @@ def without_future(source: str):
     return compile(source, "<a reader's module>", "exec", dont_inherit=True)
 
 
-@pytest.mark.xfail(strict=True, reason="hops.from_spec converts by str(field.type): a hop fault defined without "
-                   "'from __future__ import annotations' has real types there ('cannot parse a <class float>')")
 def test_hop_fault_defined_without_future_annotations_parses_from_a_spec():
     namespace: dict = {}
     exec(without_future("from dataclasses import dataclass\nfrom typing import ClassVar\nfrom streamlab import hops\n"
