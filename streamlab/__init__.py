@@ -22,6 +22,7 @@ from ._diagnose import DiagnoseError, Finding, Report, diagnose
 from ._clients import (Abort, ClientTimeout, HTTPStream, SlowReader, StreamResult, TotalTimeout, app_event,
                        read_stream)
 from ._mock import Journal, JournalEntry, MockApp, MockLLM
+from ._mock_workers import MockCluster
 from ._nginx import NginxBalancer, NginxProxy, nginx_available, proxy_for
 from ._offline import NetworkBlocked, offline
 from ._playground import playground, run_scenario
@@ -40,7 +41,7 @@ __version__ = "0.1.0"
 __all__ = [
     "fixes", "IncompleteStream", "LengthTruncation", "UsageMismatch",
     "faults", "hops", "load",
-    "MockLLM", "MockApp", "Journal", "JournalEntry",
+    "MockLLM", "MockCluster", "MockApp", "Journal", "JournalEntry",
     "record", "arecord", "Run", "Outcome", "StreamErrorEvent",
     "compare", "Comparison", "table", "plot_runs", "plot_hops",
     "playground", "run_scenario",

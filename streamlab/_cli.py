@@ -64,6 +64,8 @@ def _mock_parser(sub: argparse._SubParsersAction) -> None:
                    help="default spec for every request, e.g. 'cut@12' or 'stall@5=30'")
     p.add_argument("--time-scale", type=_scale, default=None, help="wall-clock seconds per scenario second")
     p.add_argument("--no-journal", action="store_true", help="keep no request journal (benchmarks)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="serve from N processes on one port (SO_REUSEPORT; streamlab._mock_workers), default 1")
 
 
 def run_mock(args: argparse.Namespace) -> int:
@@ -86,6 +88,14 @@ def run_mock(args: argparse.Namespace) -> int:
     except _faults.SpecError as exc:
         print(f"streamlab mock: error: {exc}", file=sys.stderr)
         return 2
+    if args.workers != 1:  # several processes: streamlab/_mock_workers.py
+        from ._mock_workers import MAX_WORKERS, run_cli
+
+        if not 1 <= args.workers <= MAX_WORKERS:
+            print(f"streamlab mock: error: --workers must be from 1 to {MAX_WORKERS}", file=sys.stderr)
+            return 2
+        return run_cli(args.workers, args.port, dict(faults=default_faults, journal_size=1 if args.no_journal
+                                                     else 2000, record_events=not args.no_journal, **settings))
     from ._servers import bound_socket
 
     try:
