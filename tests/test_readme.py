@@ -48,7 +48,8 @@ def test_python_blocks_run_in_order_in_one_kernel(tmp_path):
     # the outcomes the README's comments promise
     for promised in ("cut mid-stream 12 httpx.RemoteProtocolError", "complete 200", "stalled / timed out",
                      "cut mid-stream 5 httpx.RemoteProtocolError", "read_timeout", "aborted",
-                     "CLIENT DISCONNECT", "2 workers", "broken", "fixed", "40 tokens, 0 duplicates", "nothing left running"):
+                     "CLIENT DISCONNECT", "2 workers", "broken", "fixed", "40 tokens, 0 duplicates",
+                     "complete 8 ['split@3=0.2']", "nothing left running"):
         assert promised in text, f"README output lacks {promised!r}:\n{text}"
 
 
