@@ -37,6 +37,15 @@ reduced to the settings that matter (keyword-only, durations in scenario seconds
                            client connection is closed mid-body (its default is 60 s)
     connect_timeout=5      per upstream connection attempt
 
+The same settings run on real nginx with ``balancer_for(upstreams, prefer="nginx", ...)``
+(``NginxBalancer``: an ``upstream`` block, ``proxy_next_upstream``; ``Pool`` holds the
+shared settings). ``tests/test_nginx_upstream.py`` holds both to the same outcomes; where
+they differed nginx won (a sent POST is not retried, ``max_fails``/``fail_timeout``).
+What still differs: ``sticky="X-Session-Id"`` on nginx is ``hash ... consistent`` (which
+session lands where depends on the ports), not "first seen, next in turn"; nginx keeps
+client connections alive and answers its own 502/504 with an HTML page; ``fail_timeout``
+is whole seconds on nginx.
+
 Once response bytes have reached the client nothing is retried: a worker that dies
 mid-stream is a cut stream for the client (``httpx.RemoteProtocolError``, incomplete
 chunked read). One request per client connection (the balancer answers with

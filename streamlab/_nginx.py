@@ -42,6 +42,20 @@ Lifetime: nothing outlives the Python process, however it ends.
   nginx's process group); ``start()`` sweeps the dirs of owners that are gone
   (and any nginx still running in them), in case a watchdog was killed too.
 
+TLS and HTTP/2 toward the client (``NginxProxy(..., http2=True)`` or ``tls=True``): a
+self-signed certificate for 127.0.0.1/::1/localhost is made at start (``_tls.py``) into the
+temp dir, nginx listens ``ssl http2`` (1.22 syntax), ``ca_path`` / ``ssl_context()`` let a
+client verify it. Toward the upstream nginx speaks HTTP/1.x as before. Measured on 1.22.1
+with httpx 0.28 + h2 4.x: a model cut (FIN or RST) or a ``proxy_read_timeout`` mid-stream
+is ``RST_STREAM`` INTERNAL_ERROR on that stream only (httpx ``RemoteProtocolError(<StreamReset
+stream_id:N, error_code:2, remote_reset:True>)``, Chromium ``net::ERR_HTTP2_PROTOCOL_ERROR``);
+the connection lives on. Over HTTP/1.1 the same cut is an unterminated chunked body
+("incomplete chunked read") and the connection is closed.
+
+Load balancing (``NginxBalancer``, or ``sl.balancer_for(..., prefer="nginx")``): the
+``Balancer``'s settings written as an ``upstream`` block (``nginx_upstream``); the two are
+held to the same client-side outcomes by ``tests/test_nginx_upstream.py``.
+
 Durations are scenario seconds, converted with ``to_real()`` when the config is
 written. nginx's timers are lazy by up to 300 ms (``NGX_TIMER_LAZY_DELAY``): a
 timeout can fire up to 0.3 s of *wall-clock* time early, so keep scaled timeouts
@@ -761,6 +775,7 @@ def proxy_for(*, upstream: Any, faults: Iterable[Any] = (), profile: str | None 
     started (use ``with``); its ``.kind`` says which one you got and why:
     ``"real nginx 1.22.1"``, ``"embedded proxy (nginx not installed)"``,
     ``"embedded proxy (nginx has no directive for idle_timeout ...)"``.
+    ``tls=True`` / ``http2=True`` need real nginx (``RuntimeError`` when it cannot be used).
     """
     if prefer not in ("nginx", "embedded"):
         raise ValueError(f"prefer is 'nginx' or 'embedded', got {prefer!r}")
@@ -777,6 +792,11 @@ def proxy_for(*, upstream: Any, faults: Iterable[Any] = (), profile: str | None 
                 return NginxProxy(upstream=upstream, faults=faults, profile=profile, **settings)
     else:
         why = "asked for"
+    if settings.get("tls") or settings.get("http2"):
+        raise RuntimeError(f"tls/http2 toward the client needs real nginx ({why}); "
+                           "the embedded proxy speaks plain HTTP/1.1 only")
+    settings.pop("tls", None)
+    settings.pop("http2", None)
     proxy = Proxy(upstream=upstream, faults=faults, profile=profile, **settings)
     proxy.kind = f"embedded proxy ({why})"
     return proxy

@@ -21,7 +21,7 @@ import shutil
 import ssl
 import subprocess
 
-__all__ = ["make_self_signed", "client_context", "tls_backend"]
+__all__ = ["make_self_signed", "client_context", "tls_backend", "spki_fingerprint"]
 
 HOSTS = ("127.0.0.1", "::1", "localhost")
 
@@ -92,3 +92,27 @@ def client_context(ca_path: str, *, http2: bool = True) -> ssl.SSLContext:
     ctx = ssl.create_default_context(cafile=ca_path)
     ctx.set_alpn_protocols(["h2", "http/1.1"] if http2 else ["http/1.1"])
     return ctx
+
+
+def spki_fingerprint(cert_path: str) -> str:
+    """base64(SHA-256(SubjectPublicKeyInfo)) of the certificate: what Chromium's
+    ``--ignore-certificate-errors-spki-list=<this>`` takes to trust exactly this key (a loopback
+    test then needs no blanket ``--ignore-certificate-errors``)."""
+    import base64
+    import hashlib
+
+    with open(cert_path, "rb") as fh:
+        pem = fh.read()
+    der = ssl.PEM_cert_to_DER_cert(pem.decode("ascii"))
+    try:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+    except ImportError:
+        pub = subprocess.run(["openssl", "x509", "-pubkey", "-noout"], input=pem, capture_output=True,
+                             timeout=30, check=True).stdout
+        spki = subprocess.run(["openssl", "pkey", "-pubin", "-outform", "DER"], input=pub, capture_output=True,
+                              timeout=30, check=True).stdout
+    else:
+        spki = x509.load_der_x509_certificate(der).public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode("ascii")

@@ -20,7 +20,7 @@ import pytest
 import streamlab as sl
 from streamlab import hops
 from streamlab._nginx import NginxProxy, nginx_available, nginx_conf, nginx_has_http2
-from streamlab._tls import client_context, make_self_signed, tls_backend
+from streamlab._tls import client_context, make_self_signed, spki_fingerprint, tls_backend
 
 pytestmark = [
     pytest.mark.usefixtures("clean_slate"),
@@ -157,3 +157,30 @@ def test_the_certificate_names_loopback_only(tmp_path):
     assert dict(x[0] for x in info["subject"])["commonName"] == "127.0.0.1"
     assert set(info["subjectAltName"]) == {("IP Address", "127.0.0.1"), ("IP Address", "0:0:0:0:0:0:0:1"),
                                            ("DNS", "localhost")}
+
+
+def test_the_spki_fingerprint_is_what_chromium_pins(tmp_path):
+    """``--ignore-certificate-errors-spki-list=<fingerprint>``: base64 SHA-256 of the DER public key."""
+    import base64
+    import hashlib
+    import shutil
+    import subprocess
+
+    cert, _ = make_self_signed(str(tmp_path))
+    fingerprint = spki_fingerprint(cert)
+    assert len(base64.b64decode(fingerprint)) == 32
+    if shutil.which("openssl"):
+        pub = subprocess.run(["openssl", "x509", "-in", cert, "-pubkey", "-noout"], capture_output=True,
+                             check=True).stdout
+        der = subprocess.run(["openssl", "pkey", "-pubin", "-outform", "DER"], input=pub, capture_output=True,
+                             check=True).stdout
+        assert fingerprint == base64.b64encode(hashlib.sha256(der).digest()).decode()
+
+
+def test_proxy_for_gives_h2_nginx_or_says_why_not(mock):
+    proxy = sl.proxy_for(upstream=mock.url, http2=True)
+    assert isinstance(proxy, NginxProxy) and proxy.http2
+    with pytest.raises(RuntimeError, match="needs real nginx .asked for.; the embedded proxy speaks plain HTTP/1.1"):
+        sl.proxy_for(upstream=mock.url, http2=True, prefer="embedded")
+    with pytest.raises(RuntimeError, match="needs real nginx .nginx has no directive"):
+        sl.proxy_for(upstream=mock.url, tls=True, faults=[hops.CutAfterBytes(nbytes=100)])
