@@ -849,9 +849,28 @@ class NginxBalancer(NginxProxy):
         self.upstream = self.pool
         super()._write_config()
 
+    def _settle_access_log(self, quiet: float = 0.03, timeout: float = 1.0) -> None:
+        """Read the access log once it has stopped growing for ``quiet`` s: nginx writes a request's
+        line when it finalizes the request, a moment after the client may have read the whole answer."""
+        if self.workdir is None:
+            return
+        path = os.path.join(self.workdir, "access.log")
+        deadline = time.monotonic() + timeout
+        size = -1
+        while time.monotonic() < deadline:
+            try:
+                now = os.stat(path).st_size
+            except OSError:
+                now = 0
+            if now == size:
+                break
+            size = now
+            time.sleep(quiet)
+        self._read_access_log()
+
     def stats(self) -> dict:
         """Attempts per upstream (retries included), answers served per upstream, retries."""
-        self._read_access_log()
+        self._settle_access_log()
         urls = self.upstream_urls
         where = {u.split("://", 1)[-1]: i for i, u in enumerate(urls)}
         requests = [0] * len(urls)
@@ -868,7 +887,7 @@ class NginxBalancer(NginxProxy):
         return {"requests": dict(zip(urls, requests)), "served": dict(zip(urls, served)), "retries": retries}
 
     def reset_stats(self) -> None:
-        self._read_access_log()
+        self._settle_access_log()
         self._records.clear()
         self._log.clear()
 

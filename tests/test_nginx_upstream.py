@@ -15,6 +15,8 @@ was measured and the Balancer was changed to follow it (see ``streamlab/_balance
 from __future__ import annotations
 
 import collections
+import threading
+import time
 
 import httpx
 import pytest
@@ -107,26 +109,51 @@ def test_routing_is_the_same_on_nginx_and_the_balancer(pair):
         assert (key, seen["embedded"][key]) == (key, want)
 
 
+def _post_once(engine: str, a, b, mock, *, non_idempotent: bool, cause: str) -> tuple:
+    """One POST /answer whose first attempt on backend 0 dies after it was sent: the model stalls past
+    the idle timeout (``timeout``), or the gunicorn worker is killed while it waits (``killed``).
+    Returns (status, model runs, retries, pid that answered or None)."""
+    rid = f"post-{engine}-{cause}-{non_idempotent}"
+    idle = 1.0 if cause == "timeout" else None
+    with _lb(engine, [a, b], retry=True, non_idempotent=non_idempotent, idle_timeout=idle) as lb:
+        before = len(mock.journal.chat())
+        holder: dict = {}
+        with mock.script("stall@2=2", None):
+            thread = threading.Thread(target=lambda: holder.update(r=httpx.post(
+                lb.url + "/answer", headers={"X-Request-ID": rid}, timeout=10)))
+            thread.start()
+            if cause == "killed":  # once the model has the first call (the app logs just before it)
+                a.wait_for_log(f"rid={rid} /answer model call")
+                deadline = time.monotonic() + 5
+                while len(mock.journal.chat()) == before and time.monotonic() < deadline:
+                    time.sleep(0.005)
+                a.kill_worker(0)
+            thread.join(10)
+        response = holder["r"]
+        runs = len(mock.journal.chat()) - before
+        retries = lb.stats()["retries"]
+    if cause == "killed":
+        a.wait_workers()  # gunicorn forks a new worker for the next round
+    return response.status_code, runs, retries, response.json()["pid"] if response.status_code == 200 else None
+
+
 def test_a_sent_post_is_retried_only_with_non_idempotent_on_both():
-    """POST /answer: the model stalls past the idle timeout on backend 0. nginx does not resend a
-    POST it has sent (504, one model run) unless ``non_idempotent`` (200 from backend 1, two model
-    runs); the Balancer does the same. (A GET is retried either way: tests/test_balancer.py.)"""
+    """nginx does not resend a POST it has sent (``proxy_next_upstream error timeout``): a timeout is
+    a 504, a worker killed mid-request a 502, and the model ran once. With ``non_idempotent`` it is
+    resent: 200 from backend 1, and the model ran twice. The Balancer does the same (it used to
+    resend every request). A GET is retried either way (tests/test_balancer.py)."""
     with sl.MockLLM(tokens=10, itl=0.01) as mock:
         env = {"STREAMLAB_MODEL_URL": mock.base_url}
-        with sl.Uvicorn(ANSWER, env=env) as a, sl.Uvicorn(ANSWER, env=env) as b:
-            outcomes = {}
-            for engine in ENGINES:
-                for non_idempotent in (False, True):
-                    with _lb(engine, [a, b], retry=True, non_idempotent=non_idempotent, idle_timeout=1.0) as lb:
-                        before = len(mock.journal.chat())
-                        with mock.script("stall@2=2", None):
-                            response = httpx.post(lb.url + "/answer", timeout=10)
-                        runs = len(mock.journal.chat()) - before
-                        pid = response.json()["pid"] if response.status_code == 200 else None
-                        outcomes[engine, non_idempotent] = (response.status_code, runs, lb.stats()["retries"], pid)
-            for engine in ENGINES:
-                assert outcomes[engine, False] == (504, 1, 0, None), outcomes
-                assert outcomes[engine, True] == (200, 2, 1, b.pid), outcomes
+        with sl.Gunicorn(ANSWER, env=env) as a, sl.Uvicorn(ANSWER, env=env) as b:
+            outcomes = {(engine, cause, non_idempotent): _post_once(engine, a, b, mock, non_idempotent=non_idempotent,
+                                                                     cause=cause)
+                        for cause in ("timeout", "killed") for engine in ENGINES for non_idempotent in (False, True)}
+            answered_by = b.pid
+    for engine in ENGINES:
+        assert outcomes[engine, "timeout", False] == (504, 1, 0, None), outcomes
+        assert outcomes[engine, "killed", False] == (502, 1, 0, None), outcomes
+        for cause in ("timeout", "killed"):
+            assert outcomes[engine, cause, True] == (200, 2, 1, answered_by), outcomes
 
 
 def test_the_upstream_block_says_what_the_pool_says():
