@@ -16,8 +16,8 @@ notebooks/07_drills.ipynb; the facilitator guide is docs/facilitator.md.
 """
 
 from ._app import AppConfig, DrillApp
-from ._drill import COSTS, SCALE, USERS, Drill, DrillError, Result, draw
+from ._drill import COSTS, SCALE, USERS, Drill, DrillError, Result, draw, score_table, seed_for
 from ._kinds import CAUSES, FIXES, KINDS, LAYERS, Kind, Setup
 
-__all__ = ["Drill", "draw", "Result", "DrillError", "KINDS", "FIXES", "CAUSES", "LAYERS", "COSTS", "SCALE",
+__all__ = ["Drill", "draw", "seed_for", "score_table", "Result", "DrillError", "KINDS", "FIXES", "CAUSES", "LAYERS", "COSTS", "SCALE",
            "Kind", "Setup", "AppConfig", "DrillApp", "USERS"]

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 import httpx
-import openai
 
 from .. import _diagnose as dg
 from .._proxy import Proxy
@@ -81,6 +80,8 @@ class Drill:
         unknown = [k for k in names if k not in KINDS]
         if unknown:
             raise DrillError(f"unknown drill kinds {unknown}; known: {', '.join(KINDS)}")
+        import openai  # noqa: F401 - imported now, so the first symptom's timing does not include it
+
         self.seed = seed
         self._kind: Kind = KINDS[random.Random(seed).choice(sorted(names))]
         self.clock = 0
@@ -274,6 +275,8 @@ class _Stack:
         return dg.probe(lad, stream=False, label="streaming_off")
 
     def user(self, name: str, question: str, *, read_timeout: float | None = None, url: str | None = None) -> Run:
+        import openai
+
         read = self.setup.client_read if read_timeout is None else read_timeout
         client = openai.OpenAI(base_url=(url or self.edge.url) + "/v1", api_key="unused", max_retries=0,
                                timeout=httpx.Timeout(connect=5.0, read=None if read is None else read * SCALE,
@@ -377,3 +380,26 @@ def _healthy(runs: list[tuple[str, Run]], setup: Setup) -> tuple[bool, str]:
             return False, f"{name}: first word after {run.ttft or 0:.1f} s of {total:.1f} s"
     return True, "every user got a complete answer as it was written" if not setup.silent_ok else \
         "every user got a complete answer or was told it was incomplete"
+
+
+def seed_for(kind: str, *, kinds: tuple[str, ...] | None = None) -> int:
+    """The smallest seed whose drill (among ``kinds``, default all) is ``kind``: a facilitator's seed table."""
+    if kind not in KINDS:
+        raise DrillError(f"unknown drill kind {kind!r}; known: {', '.join(KINDS)}")
+    if kinds and kind not in kinds:
+        raise DrillError(f"{kind!r} is not among {kinds}")
+    seed = 0
+    while Drill(seed=seed, kinds=kinds)._kind.name != kind:
+        seed += 1
+    return seed
+
+
+def score_table(rows: list[tuple[str, "Drill"]]) -> Any:
+    """A Markdown table (team, drill seed, steps, clock, points of the best answer) for a room's drills."""
+    from IPython.display import Markdown
+
+    lines = ["| team | seed | steps | clock (min) | points |", "|---|---|---|---|---|"]
+    for team, drill in rows:
+        best = max((r.points for r in drill.results), default=0)
+        lines.append(f"| {team} | {drill.seed} | {', '.join(drill.steps)} | {drill.clock} | {best} |")
+    return Markdown("\n".join(lines))
