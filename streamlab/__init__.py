@@ -14,6 +14,7 @@ Taught in notebooks/00_start_here.ipynb. The hops between client and model
 """
 
 from . import faults, fixes, hops, load
+from . import drills
 from ._appserver import AppServer, Gunicorn, LogLine, Uvicorn
 from ._balancer import Balancer, balancer_for
 from ._browser import Browser, BrowserError, BrowserRun, BrowserTimeout, browser_available, browser_stream
@@ -40,7 +41,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "fixes", "IncompleteStream", "LengthTruncation", "UsageMismatch",
-    "faults", "hops", "load",
+    "faults", "hops", "load", "drills",
     "MockLLM", "MockCluster", "MockApp", "Journal", "JournalEntry",
     "record", "arecord", "Run", "Outcome", "StreamErrorEvent",
     "compare", "Comparison", "table", "plot_runs", "plot_hops",
