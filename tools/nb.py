@@ -186,9 +186,17 @@ def main() -> int:
     b.add_argument("--all", action="store_true")
     b.add_argument("--no-execute", action="store_true")
     sub.add_parser("check")
+    sub.add_parser("trainee").add_argument("outdir", type=Path)  # tools/_trainee.py: solutions removed
     args = parser.parse_args()
     if args.cmd == "check":
         return check()
+    if args.cmd == "trainee":
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from _trainee import write_trainee
+
+        for path in write_trainee(sorted(NOTEBOOKS.glob("*.ipynb")), args.outdir):
+            print("wrote", path)
+        return 0
     sources = sorted(SOURCES.glob("*.py")) if args.all else [s.resolve() for s in args.sources]
     for source in sources:
         build(source, execute=not args.no_execute)

@@ -317,7 +317,8 @@ class _Stack:
         lines = []
         for e in self.edge.log.events:
             if e.kind in ("fault", "close", "error") or e.kind == "open":
-                note = f": {e.note}" if e.note else ""
+                text = e.note.split(": ", 1)[1] if e.kind == "fault" and ": " in e.note else e.note
+                note = f": {text}" if text else ""  # the fault's own name (a cause word) is not a log line
                 lines.append(f"[{(e.t - t0) / SCALE:7.1f} s] conn {e.conn} {e.kind}{note}")
         sent = self.edge.log.bytes("out")
         lines.append(f"{len(self.edge.log.of('out'))} writes to the client, {sent} bytes")
