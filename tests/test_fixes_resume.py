@@ -24,6 +24,7 @@ import shutil
 import threading
 import time
 import uuid
+from urllib.parse import urlencode
 
 import httpx
 import pytest
@@ -117,8 +118,9 @@ def _assert_exactly_once(stream: ResumableStream) -> None:
 def test_worker_killed_mid_stream_cuts_the_baseline(stack):
     lb, replicas, mock = stack["lb"], stack["replicas"], stack["mock"]
     prompt, rid = _prompt("kill-baseline"), f"kb-{uuid.uuid4().hex[:6]}"
-    stream = sl.HTTPStream(lb.url + "/chat/sse", headers={"X-Request-ID": rid, "X-Streamlab": STALL},
-                           unit="event", timeout=httpx.Timeout(30.0))
+    stream = sl.HTTPStream(lb.url + "/chat/sse?" + urlencode({"q": prompt}),
+                           headers={"X-Request-ID": rid, "X-Streamlab": STALL}, unit="event",
+                           timeout=httpx.Timeout(30.0))
     thread = _in_thread(stream.run)
     _wait(lambda: len(_indices(stream.result.events)) >= 8, timeout=20, what="8 tokens at the client")
     server = next(s for s in replicas if s.log_lines(rf"rid={rid} /chat/sse token 7 "))
@@ -127,6 +129,8 @@ def test_worker_killed_mid_stream_cuts_the_baseline(stack):
     thread.join(10)
     assert stream.result.outcome == "cut" and isinstance(stream.result.error, httpx.RemoteProtocolError)
     assert _indices(stream.result.events) == list(range(8))
+    [model_run] = [e for e in mock.journal.chat() if e.last_user_message == prompt]
+    assert model_run.wait_closed().ended != "complete", "the model call died with the worker"
     _settled(server)
 
 
@@ -232,11 +236,13 @@ def test_proxy_read_timeout_during_a_stall_cuts_the_baseline_and_the_run_resumes
     with sl.proxy_for(upstream=lb.url, faults=[hops.ReadTimeout(seconds=10)], prefer="nginx") as nginx:
         assert nginx.kind.startswith("real nginx")
         baseline_prompt = _prompt("timeout-baseline")
-        baseline = sl.HTTPStream(nginx.url + f"/chat/sse?q={baseline_prompt}&spec={spec}", unit="event",
-                                 timeout=httpx.Timeout(10.0)).run()
+        url = nginx.url + "/chat/sse?" + urlencode({"q": baseline_prompt, "spec": spec})
+        baseline = sl.HTTPStream(url, unit="event", timeout=httpx.Timeout(10.0)).run()
         assert baseline.outcome == "cut", baseline
         assert _indices(baseline.events) == list(range(5))
         _wait(lambda: nginx.log_lines("upstream timed out"), timeout=5, what="nginx's timeout line")
+        [model_run] = [e for e in mock.journal.chat() if e.last_user_message == baseline_prompt]
+        assert model_run.wait_closed().ended != "complete", "the cut cancelled the model call"
 
         prompt = _prompt("timeout-resume")
         run = _start_run(nginx.url, prompt, spec)
