@@ -220,10 +220,17 @@ def _supported() -> frozenset[type]:
 
 def check_supported(rules: Iterable[Rule]) -> None:
     """Raise ``NginxUnsupported`` if any rule's fault cannot be written as nginx directives."""
+    rules = tuple(rules)
     bad = [r.fault for r in rules if type(r.fault) not in _supported()]
     if bad:
         raise NginxUnsupported(
             "nginx has no directive for " + ", ".join(f"{f.name} ({f.setting})" for f in bad))
+    # nginx's timers always cut (or answer 504 before the head); another hop action is the embedded proxy's
+    acting = [r.fault for r in rules if getattr(r.fault, "action", "cut") != "cut"]
+    if acting:
+        raise NginxUnsupported(
+            "nginx can only cut when a timer fires; action " + ", ".join(
+                f"{f.action!r} of {f.name}" for f in acting) + " needs the embedded proxy")
 
 
 def nginx_conf(*, upstream: Any, port: int, rules: Iterable[Rule] = (), workdir: str = "/tmp/streamlab-nginx",

@@ -220,3 +220,12 @@ def test_x_accel_buffering_no_from_the_app_reaches_the_nginx_in_front_only_with_
         assert seen.spread() > 0.6 * to_real(5 * 20)  # events flowed through nginx as they came
     else:
         assert seen.spread() < 0.25 * to_real(5 * 20)  # held by nginx until the end
+
+
+def test_real_nginx_refuses_a_timer_action_it_cannot_take():
+    from streamlab._nginx import NginxUnsupported, check_supported
+    from streamlab._rules import as_rules
+
+    with pytest.raises(NginxUnsupported, match="can only cut"):
+        check_supported(as_rules(sl.hops.nginx(proxy_read_timeout=30, action="end")))
+    check_supported(as_rules(sl.hops.nginx(proxy_read_timeout=30)))
