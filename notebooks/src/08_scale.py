@@ -22,8 +22,9 @@
 # 4. Sticky sessions vs round robin (Aarons, LangChain scaling)
 # 5. A retried POST duplicates runs: proxy_next_upstream non_idempotent (nginx documentation)
 # 6. Many streams on Locust, and the full-size runs
-# 7. Summary
-# 8. Exercises
+# 7. The debugging steps, under load (Aarons, LangChain scaling)
+# 8. Summary
+# 9. Exercises
 
 # %% [markdown]
 # ## 0. Setup
@@ -133,7 +134,8 @@ print("scripted outcomes, in order:", [outcome for outcome, _ in scripted])
 # answered `504` by nginx.
 #
 # **Broken**: `GET /block?seconds=25` (`time.sleep` inside `async def`, `streamlab/apps/ticker.py`)
-# on one uvicorn worker behind nginx, 1 client, then 4 clients.
+# on one uvicorn worker behind nginx, 1 client, then 4 clients. **Fixed** (the article's scaling fix,
+# more workers): the same through the same nginx to gunicorn with 4 uvicorn workers.
 
 # %%
 TICKER = "streamlab.apps.ticker:app"
@@ -185,6 +187,10 @@ bursts = {}
 for name, server in (("--limit-concurrency 10", limited), ("no limit", unlimited)):
     bursts[name] = await burst(30, "GET", server.url + "/stream?n=20&every=2.5", stagger=0.01)
 
+# %% [markdown]
+# **Measured**: outcomes per worker (how many of the 30 got in depends on how fast each stream was
+# accepted on this machine, so only the verdict lines are compared).
+
 # %% tags=["nbval-ignore-output"]
 table(["worker", "clients", "outcomes"], [(name, len(r), counts(r)) for name, r in bursts.items()])
 
@@ -225,6 +231,10 @@ workers_seen = {}
 for sticky in (None, "cookie"):
     with Balancer([a, b], sticky=sticky) as lb:
         workers_seen[sticky or "round robin"] = await clients(lb.url)
+
+# %% [markdown]
+# **Measured**: how many clients had their three requests served by more than one worker (round robin
+# interleaves the clients, so the count varies; the verdict lines are compared).
 
 # %% tags=["nbval-ignore-output"]
 table(["balancer", "clients", "clients whose requests reached 2 workers"],
@@ -267,6 +277,10 @@ for non_idempotent in (True, False):
         entry.wait_closed(10)
     runs[non_idempotent] = (counts(replies), retries, len(cluster.journal.chat()) - before)
 
+# %% [markdown]
+# **Measured**: the clients' outcomes, the balancer's retries and the model calls in the mock's merged
+# journal (every count here is fixed by the script and the timeouts, so nbval compares them).
+
 # %%
 table(["non_idempotent", "POSTs", "client outcomes", "balancer retries", "model runs"],
       [(k, 20, *v) for k, v in runs.items()])
@@ -301,7 +315,44 @@ print("every stream complete:", set(result.outcomes) == {"complete"})
 # .venv/bin/python benchmarks/bench_mock.py --locust 50,100,200,400,800 --json              # one Locust process's knee
 # ```
 #
-# ## 7. Summary
+# ## 7. The debugging steps, under load (Aarons, LangChain scaling)
+#
+# The article's first step is to read the app server's and the proxy's logs for the request that was
+# cut. Under load the useful question is how many lines of each kind there are, against the outcomes
+# the clients counted.
+#
+# **Step 1**: did the app server turn requests away? uvicorn logs one warning per 503 it sends for
+# `--limit-concurrency`.
+
+# %%
+limit_lines = limited.log_lines("Exceeded concurrency limit")
+turned_away = sum(o == "HTTP 503" for o, _ in bursts["--limit-concurrency 10"])
+print("uvicorn logged the limit:", bool(limit_lines), "| one line per 503 the clients saw:",
+      len(limit_lines) == turned_away)
+
+# %% [markdown]
+# **Step 2**: was the worker's event loop blocked? The ticker app logs each `time.sleep` in
+# `async def`; on the one-worker server, 1 + 4 requests blocked it one after another.
+
+# %%
+print("blocking calls logged by the 1-worker server:", len(one.log_lines("event loop blocked")))
+
+# %% [markdown]
+# **Step 3**: did the model run more often than the clients asked? The mock's journal counts model
+# calls (all its workers merged), the balancer counts retries.
+
+# %%
+asked = 40
+ran = sum(v[2] for v in runs.values())
+print(f"POSTs sent in section 5: {asked}; model runs journaled: {ran}; extra runs = retries: "
+      f"{ran - asked == sum(v[1] for v in runs.values())}")
+
+# %% [markdown]
+# **Verdict**: *reproduced*: each cause leaves its own count in a log (uvicorn's limit warning, the
+# app's blocked-loop line, the balancer's retries against the model's journal), and under load the
+# counts, not single lines, tell the causes apart.
+#
+# ## 8. Summary
 
 # %%
 table(["pattern", "verdict", "lesson"], [
@@ -310,10 +361,11 @@ table(["pattern", "verdict", "lesson"], [
     ("3. --limit-concurrency", "reproduced", "a stream holds its slot for its whole length: size for streams in flight"),
     ("4. sticky vs round robin", "partly", "one stream never moves; a client's next request does"),
     ("5. non_idempotent retries", "reproduced", "a retried POST is a second model run; use an idempotency key"),
+    ("7. debugging steps", "reproduced", "count log lines per cause and compare them with the client's outcomes"),
 ])
 
 # %% [markdown]
-# ## 8. Exercises
+# ## 9. Exercises
 #
 # **Exercise 1.** In section 3, what is the smallest `--limit-concurrency` at which the burst of 30 gets
 # no 503? Try it.
