@@ -52,6 +52,8 @@ class _Upstream(_FlowControlled):
         self.reading_paused = False
         self.head_seen = 0  # bytes received before the response head was complete
         self.head_limit = ex.max_response_head
+        self.raw = False    # a 101 answer came: every later byte is the upgraded connection's, queued as is
+        self.lost = False
 
     # protocol callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -59,14 +61,22 @@ class _Upstream(_FlowControlled):
 
     def data_received(self, data: bytes) -> None:
         self.ex.log("in", len(data), "", self.ex.conn)
+        if self.raw:
+            self._raw(data)
+            return
         if self.done or self.error is not None:
             return
         if not self.head_done:
             self.head_seen += len(data)
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            pass  # a 101 answer: nothing after the head is ours to parse
+        except httptools.HttpParserUpgrade as exc:
+            # a 101 answer: the bytes after its head belong to the upgraded connection
+            if self.head_done and self.parser.get_status_code() == 101:
+                self.raw = True
+                offset = exc.args[0] if exc.args and isinstance(exc.args[0], int) else len(data)
+                if data[offset:]:
+                    self.items.append(data[offset:])
         except httptools.HttpParserError as exc:
             self._fail(Abort(f"upstream sent invalid response: {exc}", status=502 if not self.head_done else None))
         if not self.head_done and self.head_limit is not None and self.head_seen > self.head_limit:
@@ -83,6 +93,11 @@ class _Upstream(_FlowControlled):
         return None  # close our side too; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if self.raw:
+            self._wake()
+            self._release_drain()
+            return
         if not self.done and self.error is None:
             if self.head_done and self.close_delimited:
                 self._flush_body()
@@ -131,6 +146,13 @@ class _Upstream(_FlowControlled):
         self.done = True
 
     # helpers
+    def _raw(self, data: bytes) -> None:
+        self.items.append(data)
+        self._wake()
+        if len(self.items) > MAX_QUEUED_ITEMS and not self.reading_paused and self.transport is not None:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
     def _too_big(self) -> None:
         self._headers.clear()
         self._fail(Abort(TOO_BIG_HEADER, status=502, fault="proxy_buffer_size"))
@@ -181,10 +203,21 @@ class _Upstream(_FlowControlled):
 
 
 
-def _request_bytes(ex: Exchange, host: str, port: int, base_path: str, http_version: str) -> bytes:
-    """The request as nginx's proxy_pass sends it: own Host, Connection: close, body with Content-Length."""
+def _request_bytes(ex: Exchange, host: str, port: int, base_path: str, http_version: str,
+                   upgrade: bytes | None = None) -> bytes:
+    """The request as nginx's proxy_pass sends it: own Host, Connection: close, body with Content-Length.
+
+    An upgrade request (WebSocket) goes as nginx's ``proxy_set_header Upgrade $http_upgrade;
+    proxy_set_header Connection "upgrade"`` sends it, over HTTP/1.1 (nginx needs
+    ``proxy_http_version 1.1`` for it; the embedded proxy always relays upgrades).
+    """
+    if upgrade is not None:
+        http_version = "1.1"
+        connection = b"Connection: upgrade\r\nUpgrade: " + upgrade + b"\r\n"
+    else:
+        connection = b"Connection: close\r\n"
     lines = [f"{ex.method} {base_path}{ex.target} HTTP/{http_version}\r\nHost: {host}:{port}\r\n"
-             f"Connection: close\r\n".encode("latin-1")]
+             .encode("latin-1") + connection]
     if ex.body_size or ex.method in ("POST", "PUT", "PATCH"):
         lines.append(b"Content-Length: %d\r\n" % ex.body_size)
     for name, value in ex.headers:
@@ -203,10 +236,12 @@ class _Source:
     """
 
     __slots__ = ("ex", "host", "port", "base", "http_version", "state", "up", "transport",
-                 "request", "offset", "body", "body_left")
+                 "request", "offset", "body", "body_left", "upgrade")
 
-    def __init__(self, ex: Exchange, upstream: tuple[str, int, str], http_version: str) -> None:
+    def __init__(self, ex: Exchange, upstream: tuple[str, int, str], http_version: str,
+                 upgrade: bytes | None = None) -> None:
         self.ex = ex
+        self.upgrade = upgrade
         self.host, self.port, self.base = upstream
         self.http_version = http_version
         self.state = 0  # 0 connect, 1 send, 2 read, 3 ended
@@ -246,7 +281,7 @@ class _Source:
             await self._connect(until)
             self.state = 1
             ex = self.ex
-            self.request = _request_bytes(ex, self.host, self.port, self.base, self.http_version)
+            self.request = _request_bytes(ex, self.host, self.port, self.base, self.http_version, self.upgrade)
             if type(ex.body) is bytes:
                 self.request += ex.body
             else:  # spooled to a file: sent piece by piece, never whole in memory
@@ -320,7 +355,8 @@ async def run(proxy: Any, conn: Any, req: Any) -> bool:
     record = proxy._record
     record("open", 0, f"{ex.method} {ex.target}", conn.id)
     faults = proxy.chain(ex.path)
-    items: AsyncIterator[Any] = _Source(ex, proxy._upstream, proxy.proxy_http_version)  # type: ignore[arg-type]
+    source = _Source(ex, proxy._upstream, proxy.proxy_http_version, req.upgrade)  # type: ignore[arg-type]
+    items: AsyncIterator[Any] = source
     gens = [items]
     for fault in faults:
         items = fault.pipe(items, ex)
@@ -343,8 +379,17 @@ async def run(proxy: Any, conn: Any, req: Any) -> bool:
                 record("out", len(data), "", conn.id)
                 if conn.write_paused:
                     await conn.drain(ex.send_timeout)
+            elif type(item) is Head and item.status == 101 and req.upgrade is not None:
+                data = _upgrade_head(item)
+                conn.write(data)
+                head_sent = True
+                record("status", 0, "101", conn.id)
+                record("out", len(data), "", conn.id)
+                await _tunnel(proxy, conn, ex, source, faults)
+                return False
             elif type(item) is Head:
-                framing, keep_alive, data = _head_bytes(ex, item, keep_alive)
+                # an upstream that refused to switch protocols: the client's later bytes are not HTTP, close
+                framing, keep_alive, data = _head_bytes(ex, item, keep_alive and req.upgrade is None)
                 body_allowed = ex.method != "HEAD" and item.status not in (204, 304)
                 conn.write(data)
                 head_sent = True
@@ -405,6 +450,115 @@ async def _cleanup(ex: Exchange, gens: list[Any]) -> None:
             await gen.aclose()
     if ex.upstream is not None:
         ex.upstream.close()
+
+# --------------------------------------------------------------------------- upgraded connections
+#
+# After a ``101 Switching Protocols`` the proxy relays bytes both ways, raw, as nginx does
+# (ngx_http_upstream_upgrade): no buffering, gzip, chunking or byte-count faults apply to
+# a tunnel. The timer faults of the chain do, as the products apply them to WebSockets:
+#
+#     read_timeout, idle_timeout,         silence in *both* directions for ``seconds``: nginx re-arms
+#     origin_read_timeout,                proxy_read_timeout after every read or write of the tunnel
+#     router_timeout (its ``idle``)       (a ping from either side keeps it open); ALB, Cloudflare and
+#                                         Heroku count data "sent or received"
+#     deadline, kill_after,               the connection's whole life from the request (Google's backend
+#     backend_timeout                     service timeout is "a timeout on the connection lifetime" for
+#                                         WebSockets)
+#
+# When one fires the proxy closes both sides (``action="reset"``: RST toward the client, else
+# FIN); there is no close frame, so a WebSocket client sees 1006 (abnormal closure). The hop
+# log has ``status 101``, ``upgrade`` (note: the protocol), ``up`` bytes relayed client
+# to upstream, ``in``/``out`` as for any response, and at the end a ``fault`` naming the timer
+# with nginx's note "... while proxying upgraded connection" and ``close`` "cut" / "reset", or
+# ``close`` "eof" when a side closed.
+
+_IDLE_TIMERS = {"read_timeout", "idle_timeout", "origin_read_timeout"}
+_LIFETIME_TIMERS = {"deadline", "kill_after", "backend_timeout"}
+
+
+def _tunnel_timers(faults: list[Any], ex: Exchange) -> tuple[list[tuple[Any, float]], list[tuple[Any, float]]]:
+    """(idle limits in real seconds, absolute loop-time deadlines) of the chain's timers."""
+    idle: list[tuple[Any, float]] = []
+    until: list[tuple[Any, float]] = []
+    for fault in faults:
+        name = getattr(fault, "name", "")
+        if name in _IDLE_TIMERS:
+            idle.append((fault, to_real(fault.seconds)))
+        elif name == "router_timeout":
+            idle.append((fault, to_real(fault.idle)))
+        elif name in _LIFETIME_TIMERS:
+            until.append((fault, ex.t_open + to_real(fault.seconds)))
+    return idle, until
+
+
+def _upgrade_head(head: Head) -> bytes:
+    """The 101 toward the client: the upstream's headers, with ``Upgrade`` and ``Connection: upgrade``."""
+    out = [b"HTTP/1.1 101 %b\r\nServer: %b\r\nDate: %b\r\n" % (head.reason or b"Switching Protocols",
+                                                                  SERVER_NAME.encode(), _http_date())]
+    for name, value in head.headers:
+        if name not in _DROP_FROM_UPSTREAM:
+            out.append(b"%b: %b\r\n" % (_title(name), value))
+    out.append(b"Upgrade: %b\r\nConnection: upgrade\r\n\r\n" % (head.get(b"upgrade") or b"websocket"))
+    return b"".join(out)
+
+
+async def _tunnel(proxy: Any, conn: Any, ex: Exchange, source: _Source, faults: list[Any]) -> None:
+    """Relay raw bytes both ways until a side closes or a timer fault fires."""
+    loop = asyncio.get_running_loop()
+    record = proxy._record
+    up = source.up
+    assert up is not None and source.transport is not None
+    upstream = source.transport
+    conn.tunneling = True
+    record("upgrade", 0, f"{(ex.header(b'upgrade') or b'?').decode('latin-1')}: relaying raw bytes",
+           conn.id)
+    idle, lifetime = _tunnel_timers(faults, ex)
+    last = loop.time()
+    while True:
+        moved = False
+        while up.items:
+            item = up.items.popleft()
+            if type(item) is bytes and item:
+                conn.write(item)
+                record("out", len(item), "", conn.id)
+                moved = True
+        if up.reading_paused and not conn.write_paused:
+            up.reading_paused = False
+            upstream.resume_reading()
+        while conn.tunnel_in:
+            data = conn.tunnel_in.popleft()
+            if not upstream.is_closing():
+                upstream.write(data)
+                record("up", len(data), "", conn.id)
+            moved = True
+        if conn.transport is not None and not conn.closed:
+            conn.transport.resume_reading()
+        if moved:
+            last = loop.time()
+        if up.lost or conn.eof or conn.closed:  # one side closed: pass it on, as nginx does
+            record("close", 0, "eof", conn.id)
+            return
+        due = [(fault, last + limit) for fault, limit in idle] + lifetime
+        fault, until = min(due, key=lambda d: d[1]) if due else (None, None)
+        if until is not None and until <= loop.time():
+            what = "upstream timed out (110: Connection timed out) while proxying upgraded connection"
+            record("fault", 0, f"{fault.name}: {what}", conn.id)
+            reset = getattr(fault, "action", "cut") == "reset"
+            conn.close(reset=reset)
+            record("close", 0, "reset" if reset else "cut", conn.id)
+            return
+        waiter = loop.create_future()
+        conn.waiter = up.waiter = waiter  # either side's next read (or close) wakes us
+        timer = loop.call_at(until, _expire, waiter) if until is not None else None
+        try:
+            await waiter
+        except TimeoutError:
+            pass
+        finally:
+            conn.waiter = up.waiter = None
+            if timer is not None:
+                timer.cancel()
+
 
 def _head_bytes(ex: Exchange, head: Head, keep_alive: bool) -> tuple[str, bool, bytes]:
     """Status line and headers toward the client, and how the body will be framed."""

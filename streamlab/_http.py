@@ -173,7 +173,7 @@ class _Request:
     """One request as parsed; ``error`` (with ``status``, ``page``) when it must be refused instead."""
 
     __slots__ = ("method", "target", "version", "headers", "body", "keep_alive", "error", "status", "page",
-                 "head_size")
+                 "head_size", "upgrade")
 
     def __init__(self) -> None:
         self.method = ""
@@ -186,6 +186,7 @@ class _Request:
         self.status = 400
         self.page: bytes | None = None
         self.head_size = 0  # request line + header lines seen so far (nginx large_client_header_buffers)
+        self.upgrade: bytes | None = None  # the Upgrade header of a request that asks to switch protocols
 
 
 def _parse_upstream(upstream: Any) -> tuple[str, int, str]:

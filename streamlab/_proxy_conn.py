@@ -74,6 +74,9 @@ class _ClientConn(_FlowControlled):
         self.head_limit = CLIENT_HEADER_BUFFER + buffers * size
         self.body_limit = proxy.client_max_body_size
         self.requests_started = 0
+        self.upgraded = False       # an Upgrade request was parsed: later bytes are the tunnel's, not HTTP
+        self.tunnel_in: deque[bytes] = deque()  # client bytes waiting to be relayed upstream
+        self.tunneling = False      # the upstream answered 101: _exchange._tunnel relays both ways
 
     # -- protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -85,10 +88,13 @@ class _ClientConn(_FlowControlled):
         self.last_read = self.loop.time()
         if self.refused:
             return  # lingering: drop what a refused client still sends
+        if self.upgraded:  # raw bytes for the upgraded connection (see _exchange._tunnel)
+            self._tunnel_data(data)
+            return
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._bad("upgrade requests are not supported by the streamlab proxy")
+        except httptools.HttpParserUpgrade as exc:
+            self._upgrade(data[exc.args[0]:] if exc.args and isinstance(exc.args[0], int) else b"")
         except httptools.HttpParserError as exc:
             refusal = exc.__context__ if isinstance(exc.__context__, _Refuse) else None
             if refusal is not None:
@@ -109,6 +115,9 @@ class _ClientConn(_FlowControlled):
     def eof_received(self) -> None:
         # nginx treats a client's FIN during a response as an abort (499) and closes the upstream
         self.eof = True
+        if self.tunneling:  # an upgraded connection: the tunnel relays what came, then closes both
+            self._wake()
+            return True  # keep our side open until the tunnel is done
         self._lost()
         return None
 
@@ -174,6 +183,24 @@ class _ClientConn(_FlowControlled):
             self.current = None
 
     # -- helpers
+    def _upgrade(self, tail: bytes) -> None:
+        """httptools stopped at a request asking to switch protocols: later bytes are raw tunnel bytes."""
+        req = self.requests[-1] if self.requests else None
+        upgrade = None if req is None else next((v for k, v in req.headers if k == b"upgrade"), None)
+        if req is None or upgrade is None or self.current is not None:
+            self._bad("malformed upgrade request")
+            return
+        req.upgrade = upgrade
+        self.upgraded = True
+        if tail:
+            self._tunnel_data(tail)
+
+    def _tunnel_data(self, data: bytes) -> None:
+        self.tunnel_in.append(data)
+        if len(self.tunnel_in) > 64 and self.transport is not None:
+            self.transport.pause_reading()  # the tunnel resumes it once it has relayed
+        self._wake()
+
     def _bad(self, why: str) -> None:
         req = _Request()
         req.error = why
@@ -196,7 +223,7 @@ class _ClientConn(_FlowControlled):
             return
         self.closed = True
         self._wake()
-        if self.busy and self.task is not None:
+        if self.busy and self.task is not None and not self.tunneling:
             self.task.cancel()  # stop the exchange: the upstream gets closed in its cleanup
 
     def _wake(self) -> None:
