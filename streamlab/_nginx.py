@@ -238,8 +238,14 @@ def nginx_conf(*, upstream: Any, port: int, rules: Iterable[Rule] = (), workdir:
                client_header_timeout: float = 60.0, client_body_timeout: float = 60.0,
                large_client_header_buffers: tuple[int, Any] = (4, "8k"), client_max_body_size: Any = "1m",
                proxy_buffer_size: Any = UNBUFFERED_RESPONSE_HEAD, host: str = "127.0.0.1",
-               generation: int = 1, tls: tuple[str, str] | None = None, http2: bool = False) -> str:
+               generation: int = 1, tls: tuple[str, str] | None = None, http2: bool = False,
+               websocket: bool = False) -> str:
     """The nginx.conf for these rules (see the module docstring). Pure: nothing is started.
+
+    ``websocket=True`` writes what nginx needs to pass a WebSocket upgrade (its "WebSocket
+    proxying" page): ``proxy_http_version 1.1``, ``proxy_set_header Upgrade $http_upgrade``
+    and ``Connection $connection_upgrade`` (a ``map``: "upgrade", or "close" for a plain request).
+    Without them nginx sends the upstream no ``Upgrade`` header and ``Connection: close``.
 
     ``upstream`` is a URL or a ``streamlab._balancer.Pool`` (then an ``upstream`` block,
     see ``nginx_upstream``). ``tls=(cert_path, key_path)`` makes the listener
@@ -288,6 +294,7 @@ def nginx_conf(*, upstream: Any, port: int, rules: Iterable[Rule] = (), workdir:
         f"    client_header_timeout {_ms(client_header_timeout)};",
         f"    client_body_timeout {_ms(client_body_timeout)};",
         *pool_lines,
+        *(["    map $http_upgrade $connection_upgrade { default upgrade; '' close; }"] if websocket else []),
         "    server {",
         f"        listen {listen}:{port}{' ssl' if tls else ''}{' http2' if http2 else ''};",
         *([f"        ssl_certificate {tls[0]};", f"        ssl_certificate_key {tls[1]};",
@@ -298,11 +305,15 @@ def nginx_conf(*, upstream: Any, port: int, rules: Iterable[Rule] = (), workdir:
         faults = chain_for(rules, prefix)
         lines.append(f"        location {prefix} {{")
         lines.append(f"            proxy_pass {target};")
-        lines.append(f"            proxy_http_version {proxy_http_version};")
+        lines.append(f"            proxy_http_version {'1.1' if websocket else proxy_http_version};")
         directives = _directives(faults, head_size)
         if pool_location:  # the pool's timeouts replace the fault defaults of the same name
             names = {d.split()[0] for d in pool_location}
             directives = [d for d in directives if d.split()[0] not in names] + pool_location
+        if websocket:  # the upgrade headers replace a pool's Connection header
+            directives = [d for d in directives if not d.startswith("proxy_set_header Connection ")]
+            directives += ["proxy_set_header Upgrade $http_upgrade;",
+                           "proxy_set_header Connection $connection_upgrade;"]
         lines.extend(f"            {d}" for d in directives)
         lines.append("        }")
     lines += ["    }", "}", ""]
@@ -408,8 +419,9 @@ class NginxProxy(Configurable, Server):
                  large_client_header_buffers: tuple[int, Any] = (4, "8k"), client_max_body_size: Any = "1m",
                  proxy_buffer_size: Any = UNBUFFERED_RESPONSE_HEAD, record: bool = True, name: str = "nginx",
                  port: int = 0, host: str = "127.0.0.1", allow_non_loopback: bool = False,
-                 tls: bool = False, http2: bool = False) -> None:
+                 tls: bool = False, http2: bool = False, websocket: bool = False) -> None:
         super().__init__()
+        self.websocket = bool(websocket)  # pass WebSocket upgrades (nginx_conf(websocket=True))
         self.http2 = bool(http2)
         self.tls = bool(tls) or self.http2
         if self.tls:
@@ -474,7 +486,7 @@ class NginxProxy(Configurable, Server):
                                  large_client_header_buffers=self.large_client_header_buffers,
                                  client_max_body_size=self.client_max_body_size,
                                  proxy_buffer_size=self.proxy_buffer_size, host=self.host,
-                                 generation=self.generation, http2=self.http2,
+                                 generation=self.generation, http2=self.http2, websocket=self.websocket,
                                  tls=(self.ca_path, self._key_path) if self.tls else None)
         path = os.path.join(self.workdir, "nginx.conf")
         with open(path + ".new", "w") as fh:
