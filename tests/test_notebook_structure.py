@@ -12,7 +12,18 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ROOT / "notebooks" / "src"
 VERDICTS = ("reproduced", "not reproduced on these versions", "article code invalid on these versions", "partly")
-FRAMEWORK_NOTEBOOKS = sorted(p for p in SOURCES.glob("0[1-9]_*.py"))
+ALL_NOTEBOOKS = sorted(SOURCES.glob("[0-9][0-9]_*.py"))
+
+
+def article_notebooks() -> set[str]:
+    """The stems of the notebooks the README's article table names (the framework notebooks)."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("## The articles", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1:-1] for line in table.splitlines() if line.startswith("|")]
+    return {cells[-1].strip().removesuffix(".ipynb") for cells in rows[2:]}
+
+
+FRAMEWORK_NOTEBOOKS = [p for p in ALL_NOTEBOOKS if p.stem in article_notebooks()]
 
 
 def markdown_text(source: Path) -> str:
@@ -58,6 +69,25 @@ def test_framework_notebook_skeleton(source):
             f"section {head!r}: verdict must start with one of {VERDICTS}, got {verdict.group(1)[:60]!r}"
     outline = re.findall(r"^\d+\. (.+)$", text.split("## ")[0], flags=re.M)
     assert len(outline) >= len(patterns), "the numbered outline must list every section"
+
+
+@pytest.mark.parametrize("source", ALL_NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_notebook_has_the_common_skeleton(source):
+    """Every notebook (incidents, drills, scale too): the question, a numbered outline whose items are the
+    section headings, Setup, Summary, Exercises with at least three solution cells tagged ``solution``."""
+    text = markdown_text(source)
+    intro = text.split("\n## ", 1)[0]
+    assert re.search(r"^# \S", intro, flags=re.M), "no title"
+    assert "**The question.**" in intro, "no question paragraph"
+    heads = [h for h, _ in sections(text)]
+    outline = re.findall(r"^\d+\. (.+)$", intro, flags=re.M)
+    numbered = [re.sub(r"^\d+\. ", "", h) for h in heads if re.match(r"\d+\. ", h)]
+    assert outline and all(any(h.startswith(item.split(" (")[0]) for h in numbered) for item in outline), \
+        f"the outline items must be the section headings: {outline} vs {numbered}"
+    assert any("Setup" in h for h in heads) and any("Summary" in h for h in heads)
+    assert any("Exercises" in h for h in heads)
+    solutions = re.findall(r'^# %% tags=\[.*"solution".*\]', source.read_text(), flags=re.M)
+    assert len(solutions) >= 3, f"{len(solutions)} solution cells tagged 'solution'; the contract asks for 3+"
 
 
 REQUIRED_SECTIONS = {
