@@ -49,7 +49,8 @@ def test_python_blocks_run_in_order_in_one_kernel(tmp_path):
     for promised in ("cut mid-stream 12 httpx.RemoteProtocolError", "complete 200", "stalled / timed out",
                      "cut mid-stream 5 httpx.RemoteProtocolError", "read_timeout", "aborted",
                      "CLIENT DISCONNECT", "2 workers", "broken", "fixed", "40 tokens, 0 duplicates",
-                     "complete 8 ['split@3=0.2']", "nothing left running"):
+                     "complete 8 ['split@3=0.2']", "HTTP/2",
+                     "cut mid-stream 5 net::ERR_INCOMPLETE_CHUNKED_ENCODING", "nothing left running"):
         assert promised in text, f"README output lacks {promised!r}:\n{text}"
 
 
