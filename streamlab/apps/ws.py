@@ -53,10 +53,10 @@ async def ws_chat(websocket: WebSocket) -> None:
     rid, spec = request_id(websocket.headers), spec_of(query, websocket.headers)
     q = query.get("q") or PROMPT
     ping = _ping_interval(query.get("ping"))
+    await websocket.accept()  # then a refusal can say why (a close before accept is a bare HTTP 403)
     if ping is not None and ping < 0:
         await websocket.close(code=1008, reason="ping must be a positive number of seconds")
         return
-    await websocket.accept()
     sent = 0
     lock = asyncio.Lock()
     pinger: asyncio.Task | None = None
