@@ -157,11 +157,11 @@ sl.drills.Drill(seed=SEEDS["gateway_deadline"]).debrief();
 # ## 6. Exercises
 #
 # **Exercise 1.** Two kinds of drill cut the stream after exactly the same silence. Which step tells
-# them apart, and what does it show? Try it on the seeds of `proxy_read_timeout` and `lb_idle_timeout`.
+# them apart, and what does it show? Try it on the seeds of `upstream_read_timeout` and `lb_idle_timeout`.
 
 # %% tags=["solution"]
 # Reading the hop's own log (10 minutes) names the product's timer; the client sees the same cut in both.
-for kind in ("proxy_read_timeout", "lb_idle_timeout"):
+for kind in ("upstream_read_timeout", "lb_idle_timeout"):
     sl.drills.Drill(seed=sl.drills.seed_for(kind)).logs("edge")
 
 # %% [markdown]
@@ -173,7 +173,8 @@ for kind in ("proxy_read_timeout", "lb_idle_timeout"):
 ex2 = sl.drills.Drill(seed=3, kinds=("blocked_loop", "shared_state"))
 with ex2.start():
     ex2.concurrency(2)
-    ex2.answer(layer="app", cause=ex2._kind.causes[0], fix=ex2._kind.fixes[0])
+    # bob's first word came only when alice's answer was complete: one stream at a time.
+    ex2.answer(layer="app", cause="blocked_loop", fix="async_client")
 
 # %% [markdown]
 # **Exercise 3.** The `client_abort` drill has two fixes that heal it. Find both, and say which one

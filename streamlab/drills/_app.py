@@ -38,7 +38,7 @@ class AppConfig:
     heartbeat: float | None = None  # an SSE comment after this long without a model chunk
     x_accel_no: bool = False        # X-Accel-Buffering: no on the event stream
     check_finish: bool = False      # an error event when the model's stream ends without finish_reason
-    lookup: float = 0.5             # the user lookup every request awaits before calling the model
+    lookup: float = 2.0             # the user lookup every request awaits before calling the model
 
 
 class DrillApp:
@@ -246,3 +246,54 @@ def _scale() -> float:
     from .._timescale import current_time_scale
 
     return current_time_scale()
+
+
+class H11Server:
+    """The app under uvicorn's h11 protocol, in a thread: what an h11 server sends an HTTP/1.0 peer.
+
+    uvicorn's default protocol (httptools, ``ThreadedASGIServer``) frames every body
+    without a Content-Length as chunked, whatever the request's version; h11 answers an
+    HTTP/1.0 request (nginx's default ``proxy_http_version``) with a close-delimited
+    body, which nginx's ``proxy_buffering`` holds in full buffers. Used by the drill
+    whose edge buffers. (``ThreadedASGIServer`` has no protocol option, hence this class.)
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self._thread: threading.Thread | None = None
+        self._server: Any = None
+        self._sock: Any = None
+        self.url = ""
+
+    def __enter__(self) -> "H11Server":
+        import logging
+
+        import uvicorn
+
+        from .._servers import bound_socket
+
+        self._sock = bound_socket()
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        config = uvicorn.Config(self.app, http="h11", loop="asyncio", lifespan="off", server_header=False,
+                                date_header=False, access_log=False, log_config=None, log_level=logging.WARNING,
+                                timeout_graceful_shutdown=0.2)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._server.serve(sockets=[self._sock])),
+                                        name="streamlab-drill-app-h11", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.__exit__()
+                raise RuntimeError("the drill's h11 app server did not start")
+            time.sleep(0.002)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+            self._server.force_exit = True
+        if self._thread is not None:
+            self._thread.join(5)
+        if self._sock is not None:
+            self._sock.close()

@@ -17,7 +17,7 @@ from .._recorder import Run, record
 from .._servers import ThreadedASGIServer
 from .._mock import MockLLM
 from .._timescale import time_scale
-from ._app import DrillApp
+from ._app import DrillApp, H11Server
 from ._kinds import CAUSES, FIXES, KINDS, LAYERS, Kind, Setup
 
 SCALE = 0.025
@@ -125,6 +125,7 @@ class Drill:
         """The incident as reported: two users asked at once through the usual client; what each got."""
         with self._stack() as stack:
             runs = stack.users()
+        self._symptom_runs = runs  # for tests: the incident must be a failure (``_healthy`` false)
         self._tick("symptom")
         self._say("symptom", [_user_line(name, run) for name, run in runs])
 
@@ -184,8 +185,9 @@ class Drill:
             raise DrillError(f"logs of 'edge', 'app' or 'model', got {hop!r}")
         with self._stack() as stack:
             stack.clear()
+            since = time.perf_counter()
             stack.probe()
-            lines = stack.hop_lines(hop)
+            lines = stack.hop_lines(hop, since=since)
         self._tick("logs")
         self._say(f"logs {hop}", lines or ["(nothing logged)"])
 
@@ -244,8 +246,10 @@ class _Stack:
             self._stack.enter_context(time_scale(SCALE))
             self.mock = self._stack.enter_context(MockLLM(tokens=s.tokens, itl=s.itl, ttft=s.ttft, echo=True,
                                                           faults=s.model))
+            _warm_sdk(self.mock.url)
             self.app = DrillApp(model_url=self.mock.url + "/v1", config=s.app)
-            server = self._stack.enter_context(ThreadedASGIServer(self.app, name="app"))
+            server = self._stack.enter_context(H11Server(self.app) if s.app_h11 else
+                                               ThreadedASGIServer(self.app, name="app"))
             self.app_url = server.url
             self.edge = self._stack.enter_context(Proxy(upstream=server.url, faults=s.edge, name="edge",
                                                         proxy_http_version=s.edge_http))
@@ -303,12 +307,14 @@ class _Stack:
             t.join(60)
         return [(people[i][0], run) for i, run in enumerate(out) if run is not None]
 
-    def hop_lines(self, hop: str) -> list[str]:
+    def hop_lines(self, hop: str, *, since: float = 0.0) -> list[str]:
         if hop == "app":
             return list(self.app.log)
         if hop == "model":
             lines = []
             for e in self.mock.journal.chat():
+                if e.t_start < since:
+                    continue
                 e = e.wait_closed(2.0)
                 lines.append(f"chat request: {e.tokens_sent}/{e.tokens_planned} tokens sent, finish_reason "
                              f"{e.finish_reason}, ended {e.ended}, status {e.status}")
@@ -325,6 +331,22 @@ class _Stack:
         return lines
 
 
+_warmed = threading.Event()
+
+
+def _warm_sdk(model_url: str) -> None:
+    """One openai SDK call per process before the users' (its first call spends ~1 s of wall clock in lazy
+    set-up, 40 scenario seconds: the users' requests would start far apart and in any order)."""
+    if _warmed.is_set():
+        return
+    import openai
+
+    with openai.OpenAI(base_url=model_url + "/v1", api_key="unused", max_retries=0) as client:
+        client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "warm up"}],
+                                       max_tokens=1)
+    _warmed.set()
+
+
 # --------------------------------------------------------------------------- what is printed
 
 
@@ -332,7 +354,7 @@ def _user_line(name: str, run: Run) -> str:
     words = run.text.split()
     shown = " ".join(words[:8]) + (" ..." if len(words) > 8 else "")
     first = f"first word after {run.ttft:.1f} s" if run.ttft is not None else "no word"
-    total = (run.t_end - run.t_call) / run.scale if run.t_end else 0.0
+    total = _total(run)
     end = (f"then {type(run.error).__module__.split('.')[0]}.{type(run.error).__name__}: {str(run.error)[:90]}"
            if run.error else "then the answer stopped")
     return f"{name}: {len(words)} words, {first}, {total:.1f} s in all, {end} | {shown!r}"
@@ -360,6 +382,13 @@ def _obs_lines(obs: dg.Observation, *, headers: bool = False) -> list[str]:
     return lines
 
 
+def _total(run: Run) -> float:
+    """Scenario seconds from the request's first send (else from the call) to the end of the read."""
+    if not run.t_end:
+        return 0.0
+    return (run.t_end - (run.t_start or run.t_call)) / run.scale
+
+
 def _f(x: float | None) -> str:
     return "never" if x is None else f"{x:.1f} s"
 
@@ -376,7 +405,7 @@ def _healthy(runs: list[tuple[str, Run]], setup: Setup) -> tuple[bool, str]:
             return False, f"{name}: {run.tokens}/{setup.tokens} words, finish_reason {run.finish}"
         if own not in run.text:
             return False, f"{name} got another user's answer"
-        total = (run.t_end - run.t_call) / run.scale
+        total = _total(run)
         if run.ttft is None or run.ttft > 0.4 * total:  # held back: most of the wait before the first word
             return False, f"{name}: first word after {run.ttft or 0:.1f} s of {total:.1f} s"
     return True, "every user got a complete answer as it was written" if not setup.silent_ok else \

@@ -27,6 +27,7 @@ class Setup:
 
     edge: tuple[Any, ...] = ()          # hop faults of the edge proxy
     edge_http: str = "1.1"              # the HTTP version the edge speaks to the app
+    app_h11: bool = False               # the app server speaks h11 (close-delimited bodies to HTTP/1.0)
     app: AppConfig = field(default_factory=AppConfig)
     tokens: int = 24                    # the model's answer (the mock echoes the question)
     itl: float = 1.0
@@ -68,6 +69,8 @@ FIXES: dict[str, tuple[str, Callable[[Setup], Setup]]] = {
     "gzip_off": ("the edge stops compressing text/event-stream", _drop_edge(hops.Gzip)),
     "x_accel_buffering_no": ("the app sends X-Accel-Buffering: no", _app(x_accel_no=True)),
     "proxy_buffering_off": ("the edge's proxy_buffering off", _drop_edge(hops.Buffering)),
+    "upstream_http_1_1": ("the edge speaks HTTP/1.1 to the app (chunked bodies)",
+                          lambda s: replace(s, edge_http="1.1")),
     "async_client": ("the app awaits an async model client", _app(blocking=False)),
     "per_request_state": ("the app keeps each request's messages in the request", _app(shared=False)),
     "raise_client_timeout": ("the user's client read timeout to 300 s", lambda s: replace(s, client_read=300.0)),
@@ -81,7 +84,7 @@ FIXES: dict[str, tuple[str, Callable[[Setup], Setup]]] = {
 _STALL = (Stall(at=8, seconds=75.0),)  # a tool call of 75 s in the middle of the answer
 
 KINDS: dict[str, Kind] = {k.name: k for k in (
-    Kind(name="proxy_read_timeout", layers=("edge",), causes=("idle_timeout", "read_timeout"),
+    Kind(name="upstream_read_timeout", layers=("edge",), causes=("idle_timeout", "read_timeout"),
          fixes=("heartbeat", "raise_read_timeout"),
          setup=Setup(edge=(hops.ReadTimeout(seconds=60.0),), model=_STALL),
          story="nginx proxy_read_timeout 60 s: the model was silent for 75 s (a tool call) after 8 words; nginx "
@@ -97,6 +100,11 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind(name="gzip_sse", layers=("edge",), causes=("gzip", "buffering"), fixes=("gzip_off", "x_accel_buffering_no", "proxy_buffering_off"),
          setup=Setup(edge=(hops.Buffering(), hops.Gzip())),
          story="the edge gzips text/event-stream into full buffers: the whole answer left the edge at the end"),
+    Kind(name="buffering", layers=("edge",), causes=("buffering",),
+         fixes=("x_accel_buffering_no", "proxy_buffering_off", "upstream_http_1_1"),
+         setup=Setup(edge=(hops.Buffering(),), edge_http="1.0", app_h11=True),
+         story="nginx proxy_buffering with proxy_http_version 1.0: the app server answered HTTP/1.0 with a "
+               "close-delimited body (no chunked framing), so nginx held it in full 4k buffers until the end"),
     Kind(name="blocked_loop", layers=("app",), causes=("blocked_loop",), fixes=("async_client",),
          setup=Setup(app=AppConfig(blocking=True)),
          story="the app read the model with a sync client inside async def: one user's stream stopped the event "

@@ -1,0 +1,123 @@
+"""``sl.drills``: a seed picks a hidden cause, the trainee sees only facts, an answer is proven by a re-run.
+
+Every drill runs a real stack on loopback (the mock model, the drill app under
+uvicorn in a thread, the embedded edge proxy with ``streamlab.hops`` faults)
+under ``sl.drills.SCALE``. nbval's facilitator section of notebooks/07_drills
+solves every kind with its listed fix; these tests pin what the trainee must not
+see, that a wrong fix does not heal, and the clock and the scoring.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+
+import pytest
+
+import streamlab as sl
+from streamlab import drills
+from streamlab.drills._drill import _healthy
+
+
+def printed(fn, *args, **kwargs) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        fn(*args, **kwargs)
+    return out.getvalue()
+
+
+def leaks(text: str, *, causes: bool = True) -> list[str]:
+    """Kind names, debrief stories and (``causes``) cause words found in ``text`` (header names aside)."""
+    plain = re.sub(r"x-accel-buffering", "", text, flags=re.I)
+    words = [k.name for k in drills.KINDS.values()] + [k.story for k in drills.KINDS.values()]
+    found = [w for w in words if re.search(rf"\b{re.escape(w)}\b", plain)]
+    found += [c for c in drills.CAUSES if causes and re.search(rf"\b{c}\b", plain)]
+    return found
+
+
+@pytest.mark.parametrize("kind", list(drills.KINDS))
+def test_the_symptom_of_every_kind_names_no_cause_and_shows_a_failure(kind):
+    drill = drills.Drill(seed=drills.seed_for(kind))
+    assert kind not in repr(drill) and str(drill.seed) in repr(drill)
+    text = printed(drill.symptom)
+    assert leaks(text) == [], text
+    assert text.count("alice:") == 1 and text.count("bob:") == 1
+    healthy, why = _healthy(drill._symptom_runs, drills.KINDS[kind].setup)
+    assert not healthy, "the incident did not fail"
+    assert drill.clock == 0 and sl.running_servers() == []
+
+
+def test_every_step_prints_facts_without_the_cause_and_costs_minutes():
+    drill = drills.Drill(seed=drills.seed_for("gateway_deadline"))
+    with drill.start():
+        text = "".join([printed(drill.timeline), printed(drill.streaming_off), printed(drill.raw_sdk),
+                        printed(drill.concurrency, 1), printed(drill.bypass, "edge"), printed(drill.bypass, "app"),
+                        printed(drill.one_worker), printed(drill.logs, "app"), printed(drill.logs, "model")])
+        edge_log = printed(drill.logs, "edge")
+    assert leaks(text) == [], text
+    # a hop's log says what its own timer did, in the product's words (that is what reading it buys)
+    assert leaks(edge_log, causes=False) == [] and "response cut" in edge_log, edge_log
+    text += edge_log
+    assert drill.clock == sum(drills.COSTS[s] for s in drill.steps) == 5 * 3 + 10 * 7
+    assert text.count("chat request:") == 1  # the model's log of the one request logs() made
+    # the facts that solve it: cut at 29 s through the edge, complete straight to the app
+    assert re.search(r"\[timeline, clock 5 min\]\n  HTTP 200, ended cut after 29\.\d s", text), text
+    bypass = text.split("[bypass edge")[1].split("[bypass app")[0]
+    assert "ended clean" in bypass and "finish_reason stop" in bypass
+
+
+def test_a_right_diagnosis_with_a_wrong_fix_scores_without_the_fix_and_the_right_fix_heals():
+    drill = drills.Drill(seed=drills.seed_for("length_cut"))
+    with drill.start():
+        wrong = drill.answer(layer="app", cause="length_truncation", fix="heartbeat")
+        right = drill.answer(layer="app", cause="length_truncation", fix="raise_max_tokens")
+        miss = drill.answer(layer="edge", cause="deadline", fix="raise_max_tokens")
+    assert (wrong.layer_ok, wrong.cause_ok, wrong.fixed, wrong.points) == (True, True, False, 60)
+    assert "12/24 words, finish_reason length" in wrong.rerun
+    assert (right.fixed, right.points) == (True, 100)
+    assert (miss.layer_ok, miss.cause_ok, miss.fixed, miss.points) == (False, False, True, 40)
+    assert [r.clock for r in drill.results] == [10, 20, 30]
+
+
+def test_the_debrief_names_the_cause_and_draws_every_hop():
+    drill = drills.Drill(seed=drills.seed_for("silent_truncation"))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        figure = drill.debrief()
+    assert "cause: silent_truncation at the model" in out.getvalue()
+    labels = [t.get_text() for t in figure.axes[0].get_yticklabels()]
+    assert any("model" in t for t in labels) and any("edge" in t for t in labels) and any("client" in t for t in labels)
+
+
+def test_seeds_pick_kinds_deterministically_and_draw_covers_every_kind():
+    assert [drills.Drill(seed=s)._kind.name for s in range(40)] == [drills.Drill(seed=s)._kind.name
+                                                                    for s in range(40)]
+    assert {drills.Drill(seed=drills.seed_for(k))._kind.name for k in drills.KINDS} == set(drills.KINDS)
+    only = ("blocked_loop", "shared_state")
+    assert {drills.draw(kinds=only)._kind.name for _ in range(30)} <= set(only)
+    assert drills.draw(seed=5).seed == 5
+
+
+def test_bad_input_gets_a_clear_error_before_any_server_starts():
+    drill = drills.Drill(seed=1)
+    with pytest.raises(drills.DrillError, match="unknown drill kinds"):
+        drills.Drill(seed=1, kinds=("nope",))
+    with pytest.raises(drills.DrillError, match="bypass 'edge'"):
+        drill.bypass("model")
+    with pytest.raises(drills.DrillError, match="logs of"):
+        drill.logs("nginx")
+    with pytest.raises(drills.DrillError, match="fix is one of"):
+        drill.answer(layer="edge", cause="deadline", fix="reboot")
+    with pytest.raises(drills.DrillError, match="layer is one of"):
+        drill.answer(layer="network", cause="deadline", fix="heartbeat")
+    assert drill.clock == 0 and sl.running_servers() == []
+
+
+def test_start_stops_every_server_when_the_block_fails():
+    drill = drills.Drill(seed=0)
+    with pytest.raises(ZeroDivisionError):
+        with drill.start():
+            assert len(sl.running_servers()) >= 2
+            1 / 0
+    assert sl.running_servers() == []
