@@ -36,6 +36,7 @@ from ._setup import VersionMismatch, require
 from ._sse import chat_request, sse_events
 from ._timeline import HopEvent, HopLog
 from ._timescale import current_time_scale, scale_sdk_backoff, time_scale
+from ._ws import WSRun, ws_record
 
 __version__ = "0.1.0"
 
@@ -58,4 +59,5 @@ __all__ = [
     "diagnose", "Report", "Finding", "DiagnoseError",
     "require", "VersionMismatch",
     "Browser", "BrowserRun", "BrowserError", "BrowserTimeout", "browser_stream", "browser_available",
+    "ws_record", "WSRun",
 ]
