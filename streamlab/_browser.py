@@ -104,7 +104,10 @@ class BrowserEvent:
 
 @dataclass(repr=False)
 class BrowserRun(Run):
-    """A ``Run`` recorded by a real browser, with what the browser said (see the module docstring)."""
+    """A ``Run`` recorded by a real browser, with what the browser said (see the module docstring).
+
+    Its repr counts content events (``chunks``: one per token from the mock, one per app event), not
+    words of text as ``Run``'s does."""
 
     mode: str = ""
     net_error: str | None = None
@@ -121,10 +124,10 @@ class BrowserRun(Run):
         return sum(e.event == "comment" for e in self.events)
 
     def __repr__(self) -> str:
-        got = f"{self.tokens}/{self.expected}" if self.expected is not None else str(self.tokens)
+        got = f"{self.chunks}/{self.expected}" if self.expected is not None else str(self.chunks)
         said = self.net_error or (f"status {self.status}" if self.outcome is Outcome.HTTP_ERROR else None)
         said = said or (self.error_class if self.error is not None else None)
-        return (f"<BrowserRun {self.label + ': ' if self.label else ''}{self.mode}, {self.outcome}, {got} tokens"
+        return (f"<BrowserRun {self.label + ': ' if self.label else ''}{self.mode}, {self.outcome}, {got} events"
                 f"{', ' + said if said else ''}>")
 
 
