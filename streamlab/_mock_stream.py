@@ -21,6 +21,7 @@ from ._mock_exchange import Ended as _Ended
 from ._mock_exchange import Exchange
 from ._mock_exchange import Truncated as _Truncated
 from ._mock_journal import MAX_ENTRY_SAMPLES
+from ._mock_responses import continuation
 from ._text import echo_tokens, generate
 from ._timescale import to_real
 from ._validate import content_text as _content_text
@@ -55,6 +56,7 @@ def plan(app: "MockApp", ex: Exchange, options: dict[str, Any]) -> tuple[list[st
         tokens = echo_tokens(ex.entry.last_user_message, n)
     else:
         tokens = generate(n, int(options["seed"]))
+    tokens = continuation(body["messages"], tokens)  # a trailing assistant prefix: only the rest
     finish = "stop"
     if ex.max_tokens is not None and ex.max_tokens < len(tokens):
         tokens, finish = tokens[: ex.max_tokens], "length"
