@@ -516,22 +516,23 @@ async def _tunnel(proxy: Any, conn: Any, ex: Exchange, source: _Source, faults: 
     last = loop.time()
     while True:
         moved = False
-        while up.items:
+        # each way only as fast as the other side takes it (a paused writer holds the reader back)
+        while up.items and (not conn.write_paused or up.lost):
             item = up.items.popleft()
             if type(item) is bytes and item:
                 conn.write(item)
                 record("out", len(item), "", conn.id)
                 moved = True
-        if up.reading_paused and not conn.write_paused:
+        if up.reading_paused and len(up.items) < MAX_QUEUED_ITEMS // 2:
             up.reading_paused = False
             upstream.resume_reading()
-        while conn.tunnel_in:
+        while conn.tunnel_in and not up.write_paused:
             data = conn.tunnel_in.popleft()
             if not upstream.is_closing():
                 upstream.write(data)
                 record("up", len(data), "", conn.id)
             moved = True
-        if conn.transport is not None and not conn.closed:
+        if conn.transport is not None and not conn.closed and len(conn.tunnel_in) <= 16:
             conn.transport.resume_reading()
         if moved:
             last = loop.time()
@@ -548,14 +549,15 @@ async def _tunnel(proxy: Any, conn: Any, ex: Exchange, source: _Source, faults: 
             record("close", 0, "reset" if reset else "cut", conn.id)
             return
         waiter = loop.create_future()
-        conn.waiter = up.waiter = waiter  # either side's next read (or close) wakes us
+        # either side's next read, close, or a paused writer resuming wakes us
+        conn.waiter = up.waiter = conn.drain_waiter = up.drain_waiter = waiter
         timer = loop.call_at(until, _expire, waiter) if until is not None else None
         try:
             await waiter
         except TimeoutError:
             pass
         finally:
-            conn.waiter = up.waiter = None
+            conn.waiter = up.waiter = conn.drain_waiter = up.drain_waiter = None
             if timer is not None:
                 timer.cancel()
 

@@ -44,6 +44,7 @@ class WSRun:
     messages: list[Any] = field(default_factory=list)   # decoded JSON (or the raw text)
     times: list[float] = field(default_factory=list)    # scenario seconds from the handshake's start
     tokens: list[str] = field(default_factory=list)
+    token_times: list[float] = field(default_factory=list)  # arrival of each token message
     done: bool = False
     pings: int = 0                     # application keep-alive messages ({"type": "ping"})
     status: int | None = None          # the handshake's HTTP status (101, or the refusal)
@@ -123,6 +124,7 @@ def ws_record(url: str, *, timeout: float = 60.0, open_timeout: float = 10.0,
                 kind = message.get("type") if isinstance(message, dict) else None
                 if kind == "token":
                     run.tokens.append(str(message.get("text", "")))
+                    run.token_times.append(run.times[-1])
                 elif kind == "ping":
                     run.pings += 1
                 elif kind == "done":

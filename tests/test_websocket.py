@@ -4,7 +4,7 @@ Real sockets everywhere: the mock, uvicorn running ``streamlab.apps.ws`` (LangCh
 ``ChatOpenAI.astream`` -> one message per token), the embedded proxy relaying the
 upgrade, real nginx with and without the upgrade headers, and the ``websockets``
 client in ``streamlab._ws.ws_record``. At ``SCALE`` the hop timeout is 1.5 s of wall
-clock and the model stall 3 s; pings come every 0.4 s. nginx's timeouts are kept
+clock and the model stall 2.4 s; pings come every 0.4 s. nginx's timeouts are kept
 above 1 s of wall clock on purpose: nginx only re-arms a timer that moved by more
 than 300 ms (NGX_TIMER_LAZY_DELAY), so a tunnel timeout of 0.1 s fires during a
 steady stream (measured), which no real deployment sees.
@@ -13,18 +13,19 @@ steady stream (measured), which no real deployment sees.
 from __future__ import annotations
 
 import socket
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 import streamlab as sl
 from streamlab import hops
 from streamlab._nginx import NginxProxy, nginx_available
-from streamlab._ws import ws_record
+from streamlab import ws_record
 
 SCALE = 0.05
 TOKENS = 12
 TIMEOUT = 30.0        # scenario seconds: the hop's idle / read timeout (1.5 s of wall clock)
-STALL = "stall@5=60"  # the model goes silent after token 5 for 60 scenario seconds (3 s)
+STALL = "stall@5=48"  # the model goes silent after token 5 for 48 scenario seconds (2.4 s)
 PING = "0.4"          # uvicorn --ws-ping-interval, real seconds (well below the timeout)
 APP_PING = 8.0        # the app's {"type": "ping"} interval, scenario seconds (0.4 s)
 CLIENT_TIMEOUT = 150.0  # scenario seconds the client waits for one message (outlasts the stall)
@@ -49,17 +50,29 @@ def _app(mock, *extra: str) -> sl.Uvicorn:
 
 
 @pytest.fixture(scope="module")
-def app(mock):
-    """The WebSocket app with uvicorn's protocol pings off."""
-    with _app(mock, "--ws-ping-interval", "0") as server:
-        yield server
+def servers(mock):
+    """The WebSocket app twice, started side by side: uvicorn's protocol pings off, and every PING s."""
+    quiet = _app(mock, "--ws-ping-interval", "0")
+    pinging = _app(mock, "--ws-ping-interval", PING, "--ws-ping-timeout", "10")
+    with ThreadPoolExecutor(2) as pool:
+        started = [pool.submit(server.__enter__) for server in (quiet, pinging)]
+    try:
+        for future in started:
+            future.result()
+        yield quiet, pinging
+    finally:
+        quiet.stop()
+        pinging.stop()
 
 
 @pytest.fixture(scope="module")
-def ping_app(mock):
-    """The same app, uvicorn sending a ping frame every PING seconds."""
-    with _app(mock, "--ws-ping-interval", PING, "--ws-ping-timeout", "10") as server:
-        yield server
+def app(servers):
+    return servers[0]
+
+
+@pytest.fixture(scope="module")
+def ping_app(servers):
+    return servers[1]
 
 
 def ws(server, path: str = "/ws/chat", **query: str) -> str:
@@ -133,7 +146,7 @@ def test_embedded_idle_timeout_during_a_stall_closes_without_close_frame_1006(ap
     assert notes == ["idle_timeout: upstream timed out (110: Connection timed out) while proxying upgraded "
                      "connection"]
     assert log.of("close")[-1].note == "cut"
-    gap = run.elapsed - run.times[4]  # from the last token to the cut
+    gap = run.elapsed - run.token_times[4]  # from the last token to the cut
     assert TIMEOUT * 0.9 < gap < TIMEOUT * 1.5, gap
 
 
@@ -144,7 +157,18 @@ def test_embedded_idle_timeout_survives_a_stall_with_uvicorn_ping_frames(ping_ap
     assert run.outcome is sl.Outcome.COMPLETE, run.summary()
     assert run.pings == 0  # protocol pings: the client library answered them, the app sent no message
     assert not log.of("fault")
-    assert run.times[5] - run.times[4] > TIMEOUT  # the stall really outlasted the timeout
+    assert run.token_times[5] - run.token_times[4] > TIMEOUT  # the stall really outlasted the timeout
+
+
+def test_embedded_deadline_cuts_a_tunnel_kept_busy_by_pings(app):
+    # a lifetime limit (API gateway, Google's backend service timeout for WebSockets) ignores traffic
+    with sl.Proxy(upstream=app.url, faults=[hops.Deadline(seconds=TIMEOUT)]) as proxy:
+        run = ws_record(ws(proxy, spec=STALL, ping=f"{APP_PING:g}"), timeout=CLIENT_TIMEOUT)
+        log = proxy.log
+    assert run.outcome is sl.Outcome.CUT_MID_STREAM and run.close_code == 1006, run.summary()
+    assert run.pings >= 2 and len(run.tokens) == 5
+    assert [e.note.split(":")[0] for e in log.of("fault")] == ["deadline"]
+    assert TIMEOUT * 0.95 < run.elapsed < TIMEOUT * 1.5, run.elapsed
 
 
 def test_embedded_read_timeout_reset_action_is_also_1006(app):
@@ -188,12 +212,16 @@ def test_nginx_read_timeout_during_a_stall_is_1006_without_pings(app):
 
 
 @needs_nginx
-@pytest.mark.parametrize("pings", ["uvicorn ping frames", "app ping messages"])
+@pytest.mark.parametrize("pings", ["uvicorn ping frames", "client ping frames", "app ping messages"])
 def test_nginx_read_timeout_survives_a_stall_with_pings(app, ping_app, pings):
-    upstream, query = (ping_app, {}) if pings == "uvicorn ping frames" else (app, {"ping": f"{APP_PING:g}"})
+    # nginx re-arms proxy_read_timeout on traffic either way through the tunnel: the client's own
+    # pings (and the server's pongs) keep it open as well as the server's pings do
+    upstream = ping_app if pings == "uvicorn ping frames" else app
+    query = {"ping": f"{APP_PING:g}"} if pings == "app ping messages" else {}
+    client_ping = float(PING) if pings == "client ping frames" else None
     with NginxProxy(upstream=upstream.url, websocket=True, faults=[hops.ReadTimeout(seconds=TIMEOUT)]) as nginx:
-        run = ws_record(ws(nginx, spec=STALL, **query), timeout=CLIENT_TIMEOUT)
+        run = ws_record(ws(nginx, spec=STALL, **query), timeout=CLIENT_TIMEOUT, ping_interval=client_ping,
+                        ping_timeout=10.0)
     assert run.outcome is sl.Outcome.COMPLETE, run.summary()
-    assert run.times[-1] - run.times[0] > TIMEOUT
-    if pings == "app ping messages":
-        assert run.pings >= 3
+    assert run.token_times[5] - run.token_times[4] > TIMEOUT  # the stall really outlasted the timeout
+    assert (run.pings >= 3) == (pings == "app ping messages")
