@@ -1,0 +1,616 @@
+"""The fault x fix matrix: every fault against every fix that applies, each cell a real run.
+
+    .venv/bin/python -m streamlab.fixes._matrix                  # the full run -> data/fix_matrix.csv (minutes)
+    .venv/bin/python -m streamlab.fixes._matrix --quick --out /tmp/slice.csv   # the fast slice (about 20 s)
+
+    rows = run_matrix(only=QUICK)          # [Cell(fault, fix, client, outcome, ...), ...]
+
+One row per (fault, fix, client); ``outcome`` is the recorder's outcome name (``sl.Outcome``).
+Three groups of faults, each on the stack it needs (all on loopback, ``sl.time_scale(SCALE)``):
+
+    model faults    every fault of ``streamlab.faults`` (at token 12) on the mock's first request
+                    (``mock.script(fault)``; a retry or continuation is clean), read by the raw
+                    openai SDK, LangChain ``ChatOpenAI`` and a one-node LangGraph graph
+                    fixes: none, stream_off, guard (all clients); continue, background (openai SDK)
+    hop faults      a 30 s model stall after 3 tokens, relayed as SSE by the heartbeat demo app
+                    (real uvicorn) behind the embedded proxy playing one hop; read by httpx
+                    fixes: none (no ping), heartbeat (a ``: ping`` every 5 s)
+    process faults  the resumable demo app on 2 gunicorn replicas x 2 workers behind a round-robin
+                    balancer, a real redis-server; read by httpx (``resume_stream`` with resume)
+                    worker_kill (the worker serving the stream, SIGKILL after 8 tokens),
+                    client_drop (the network cuts every connection after ~10 events),
+                    client_abort (the client stops after 8 tokens and comes back later)
+                    fixes: none (``/chat/sse``: the model call lives in the request), resume
+
+Counts: ``tokens_received`` answer tokens the client got (all attempts), ``tokens_expected`` the
+uncut answer's, ``duplicate_tokens`` received tokens that are not a new position of the answer
+(event indices seen twice; for text, tokens outside the in-order match with the uncut answer),
+``model_runs`` the requests the mock got for the cell's own prompt. ``seconds`` is wall clock
+(volatile: ``tests/test_fix_matrix.py`` compares every other column). Versions go to
+``data/fix_matrix.versions.json`` beside the CSV. Taught in notebooks/06_fixes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import difflib
+import json
+import platform
+import time
+import uuid
+from dataclasses import astuple, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+COLUMNS = ("fault", "fix", "client", "outcome", "tokens_received", "tokens_expected", "duplicate_tokens",
+           "model_runs", "seconds")
+TOKENS = 40
+SCALE = 0.05                  # wall-clock seconds per scenario second
+READ_TIMEOUT = 3.0            # scenario seconds, the model-fault clients
+MODEL = dict(tokens=TOKENS, ttft=0.5, itl=0.05)
+STALL = "stall@3=30"          # hop faults: 3 tokens, 30 s of silence, the rest
+HOP_ITL = 0.2
+KILL_STALL = "stall@8=10"     # process faults: the kill lands in a 10 s stall after 8 tokens
+SDK, LANGCHAIN, LANGGRAPH, HTTPX = "openai SDK", "langchain ChatOpenAI", "langgraph", "httpx SSE"
+VERSIONS = ("streamlab", "openai", "httpx", "langchain-openai", "langchain-core", "langgraph", "uvicorn",
+            "gunicorn", "fastapi", "redis")
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_OUT = ROOT / "data" / "fix_matrix.csv"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One row of the matrix."""
+
+    fault: str
+    fix: str
+    client: str
+    outcome: str
+    tokens_received: int
+    tokens_expected: int
+    duplicate_tokens: int
+    model_runs: int
+    seconds: float
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.fault, self.fix, self.client)
+
+    def row(self) -> tuple[str, ...]:
+        return tuple(f"{v:.2f}" if isinstance(v, float) else str(v) for v in astuple(self))
+
+
+# The slice tests/test_fix_matrix.py and notebooks/06_fixes recompute (about 20 s).
+QUICK = (("cut@12", "none", SDK), ("cut@12", "continue", SDK), ("cut@12", "background", SDK),
+         ("silent@12", "none", SDK), ("silent@12", "guard", SDK),
+         ("silent@12", "none", LANGCHAIN), ("silent@12", "guard", LANGCHAIN),
+         ("context=4", "stream_off", SDK),
+         ("lb_idle_timeout", "none", HTTPX), ("lb_idle_timeout", "heartbeat", HTTPX),
+         ("gateway_deadline", "heartbeat", HTTPX))
+
+
+# -- model faults ----------------------------------------------------------------------------------
+
+def model_faults() -> list:
+    """One instance of every registered model fault, at token 12 where it takes an index."""
+    from .. import faults
+
+    chosen = {"stall": dict(seconds=8), "ratelimit": dict(retry_after=1), "context": dict(tokens=4),
+              "slowheaders": dict(seconds=8)}
+    out = []
+    for name in faults.names():
+        cls = faults.REGISTRY[name]
+        kwargs = dict(chosen.get(name, {}))
+        if cls.index_arg:
+            kwargs[cls.index_arg] = 12
+        out.append(cls(**kwargs))
+    return out
+
+
+def _uncut() -> list[str]:
+    from .._text import generate
+
+    return generate(TOKENS)
+
+
+def _duplicates(received: list[str]) -> int:
+    """Received tokens that are not a new position of the uncut answer (matched in order)."""
+    matched = sum(b.size for b in difflib.SequenceMatcher(a=_uncut(), b=received, autojunk=False).get_matching_blocks())
+    return len(received) - matched
+
+
+def _prefix_tokens(text: str) -> int:
+    """A non-streamed answer's token count: how many tokens of the uncut answer its text begins with."""
+    n, joined = 0, ""
+    for token in _uncut():
+        if not text.startswith(joined + token):
+            break
+        joined += token
+        n += 1
+    return n
+
+
+def _sdk(url: str, timeout: float | None = READ_TIMEOUT):
+    import httpx
+    import openai
+
+    from .._timescale import to_real
+
+    real = to_real(timeout) if timeout is not None else None
+    return openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=httpx.Timeout(real, connect=5.0))
+
+
+def _chat_openai(url: str):
+    from langchain_openai import ChatOpenAI
+
+    from .._timescale import to_real
+
+    return ChatOpenAI(base_url=url, api_key="unused", model="streamlab-mock", max_retries=0,
+                      timeout=to_real(READ_TIMEOUT), stream_usage=True)
+
+
+def _graph(llm: Any):
+    from langgraph.graph import END, START, MessagesState, StateGraph
+
+    def call_model(state: MessagesState):
+        return {"messages": [llm.invoke(state["messages"])]}
+
+    graph = StateGraph(MessagesState)
+    graph.add_node("model", call_model)
+    graph.add_edge(START, "model")
+    graph.add_edge("model", END)
+    return graph.compile()
+
+
+class _End:
+    """The marker a fix's own iterator ends on once it says the answer is whole."""
+
+    def __init__(self, finish: str | None):
+        self.finish = finish
+
+
+def _understand_pieces(item: Any):
+    from .._recorder import ChunkInfo
+
+    if isinstance(item, _End):
+        return ChunkInfo(None, item.finish, item.finish is not None, 0)
+    return ChunkInfo(item or None, None, False, len(str(item).encode()))
+
+
+def _understand_responses(event: Any):
+    from .._recorder import ChunkInfo
+
+    kind = getattr(event, "type", "")
+    if kind == "response.output_text.delta":
+        return ChunkInfo(event.delta or None, None, False, len(event.delta or ""))
+    if kind == "response.completed":
+        return ChunkInfo(None, "stop", True, 0)
+    if kind in ("response.failed", "error"):
+        return ChunkInfo(None, None, True, 0, error=kind)
+    return ChunkInfo(None, None, False, 0)
+
+
+MODEL_FIXES = {SDK: ("none", "stream_off", "guard", "continue", "background"),
+               LANGCHAIN: ("none", "stream_off", "guard"), LANGGRAPH: ("none", "stream_off", "guard")}
+
+
+def _model_run(mock: Any, fault: Any, fix: str, client: str, prompt: str) -> tuple[Any, list[str] | None]:
+    """One model-fault cell: the recorder's Run, and the text pieces received where they are counted."""
+    from .._recorder import record
+    from . import BackgroundRun, ContinuedStream, guard
+
+    messages = [{"role": "user", "content": prompt}]
+    pieces: list[str] = []
+    with mock.script(fault):
+        if client == SDK:
+            sdk = _sdk(mock.base_url)
+            create = dict(model="streamlab-mock", messages=messages)
+            if fix == "none":
+                return record(lambda: sdk.chat.completions.create(**create, stream=True), expected=TOKENS), None
+            if fix == "stream_off":
+                return record(lambda: sdk.chat.completions.create(**create), expected=TOKENS), None
+            if fix == "guard":
+                return record(lambda: guard(sdk.chat.completions.create(
+                    **create, stream=True, stream_options={"include_usage": True})), expected=TOKENS), None
+            if fix == "continue":
+                answer = ContinuedStream(sdk, max_attempts=3, **create)
+
+                def pieces_then_end() -> Iterator[Any]:
+                    for piece in answer:
+                        pieces.append(piece)
+                        yield piece
+                    yield _End(answer.finish_reason)
+                return record(pieces_then_end, expected=TOKENS, understand=_understand_pieces), pieces
+            if fix == "background":
+                run = BackgroundRun(sdk, max_resumes=3, model="streamlab-mock", input=prompt)
+
+                def events() -> Iterator[Any]:
+                    for event in run:
+                        if getattr(event, "type", "") == "response.output_text.delta":
+                            pieces.append(event.delta)
+                        yield event
+                return record(events, expected=TOKENS, understand=_understand_responses), pieces
+        llm = _chat_openai(mock.base_url)
+        if client == LANGCHAIN:
+            if fix == "none":
+                return record(lambda: llm.stream(messages), expected=TOKENS), None
+            if fix == "stream_off":
+                return record(lambda: llm.invoke(messages), expected=TOKENS), None
+            if fix == "guard":
+                return record(lambda: guard(llm.stream(messages)), expected=TOKENS), None
+        if client == LANGGRAPH:
+            graph = _graph(llm)
+            state = {"messages": messages}
+            if fix == "none":
+                return record(lambda: graph.stream(state, stream_mode="messages"), expected=TOKENS), None
+            if fix == "stream_off":
+                return record(lambda: _graph(llm.bind(stream=False)).invoke(state)["messages"][-1],
+                              expected=TOKENS), None
+            if fix == "guard":
+                return record(lambda: guard(graph.stream(state, stream_mode="messages")), expected=TOKENS), None
+    raise ValueError(f"no model cell for fix={fix!r}, client={client!r}")
+
+
+def _model_runs(mock: Any, prompt: str) -> int:
+    chats = sum(1 for e in mock.journal.chat() if e.last_user_message == prompt)
+    responses = sum(1 for e in mock.journal if e.method == "POST" and e.path.endswith("/responses")
+                    and (e.body or {}).get("input") == prompt)
+    return chats + responses
+
+
+def _cell(fault: str, fix: str, client: str, run: Any, pieces: list[str] | None, runs: int, t0: float,
+          *, stream_off: bool = False) -> Cell:
+    text = getattr(run, "text", "") or ""
+    if stream_off:
+        tokens = _prefix_tokens(text)
+    elif pieces is not None:
+        tokens = len(pieces)
+    else:
+        tokens = run.tokens
+    duplicates = _duplicates(pieces) if pieces else 0
+    return Cell(fault, fix, client, str(run.outcome), tokens, TOKENS, duplicates, runs, time.monotonic() - t0)
+
+
+def _model_cells(wanted: set | None) -> Iterator[Cell]:
+    from .._mock import MockLLM
+
+    with MockLLM(**MODEL) as mock:
+        for fault in model_faults():
+            name = fault.spec()
+            for client, fixes in MODEL_FIXES.items():
+                for fix in fixes:
+                    if wanted is not None and (name, fix, client) not in wanted:
+                        continue
+                    prompt = f"fix matrix {name} {fix} {client} {uuid.uuid4().hex[:8]}"
+                    t0 = time.monotonic()
+                    run, pieces = _model_run(mock, fault, fix, client, prompt)
+                    yield _cell(name, fix, client, run, pieces, _model_runs(mock, prompt), t0,
+                                stream_off=fix == "stream_off")
+
+
+# -- hop faults ------------------------------------------------------------------------------------
+
+def hop_faults() -> dict[str, list]:
+    """The hops, named for what they are: one fault each, two chains (the app's side first), then
+    every profile with its defaults. A value is a list of faults (one proxy) or a tuple of such
+    lists (one proxy each, chained: ``nginx_gzip>lb_idle_timeout`` is an LB in front of gzip)."""
+    from .. import hops
+
+    out: dict[str, Any] = {
+        "nginx_read_timeout": [hops.ReadTimeout(seconds=10)],
+        "nginx_buffering": [hops.Buffering()],
+        "nginx_gzip": [hops.Gzip()],
+        "lb_idle_timeout": [hops.IdleTimeout(seconds=10)],
+        "gateway_deadline": [hops.Deadline(seconds=20)],
+        "serverless_kill": [hops.KillAfter(seconds=20)],
+        "nginx_gzip>lb_idle_timeout": ([hops.Gzip()], [hops.IdleTimeout(seconds=10)]),
+        "nginx_buffering>lb_idle_timeout": ([hops.Buffering()], [hops.IdleTimeout(seconds=10)]),
+    }
+    for name, profile in hops.PROFILES.items():
+        out[f"{name}_profile"] = list(profile())
+    return out
+
+
+HOP_FIXES = ("none", "heartbeat")
+
+
+def _hop_cells(wanted: set | None) -> Iterator[Cell]:
+    from urllib.parse import urlencode
+
+    from .._appserver import Uvicorn
+    from .._mock import MockLLM
+    from .._proxy import Proxy
+    from ..frameworks.langchain import record_sse
+
+    todo = [(name, faults, fix) for name, faults in hop_faults().items() for fix in HOP_FIXES
+            if wanted is None or (name, fix, HTTPX) in wanted]
+    if not todo:
+        return
+    with MockLLM(**MODEL) as mock, Uvicorn("streamlab.apps.heartbeat:app",
+                                           env={"STREAMLAB_MODEL_URL": mock.base_url}) as app:
+        for name, faults, fix in todo:
+            prompt = f"fix matrix {name} {fix} {uuid.uuid4().hex[:8]}"
+            query = urlencode({"q": prompt, "spec": STALL, "every": 5 if fix == "heartbeat" else 0})
+            t0 = time.monotonic()
+            with contextlib.ExitStack() as chain:
+                url = app.url
+                for hop in (faults if isinstance(faults, tuple) else (faults,)):
+                    url = chain.enter_context(Proxy(upstream=url, faults=hop)).url
+                run = record_sse(f"{url}/sse?{query}", expected=TOKENS, itl=MODEL["itl"], timeout=None)
+            yield _cell(name, fix, HTTPX, run, None, _model_runs(mock, prompt), t0)
+
+
+# -- process faults --------------------------------------------------------------------------------
+
+PROCESS_FAULTS = ("worker_kill", "client_drop", "client_abort")
+PROCESS_FIXES = ("none", "resume")
+KILL_AFTER = 8
+DROP_BYTES = 600
+
+
+def _understand_resumed(event: Any):
+    from .._recorder import ChunkInfo
+
+    if event.event == "token":
+        return ChunkInfo(json.loads(event.data)["t"] or None, None, False, len(event.data))
+    if event.event == "done":
+        return ChunkInfo(None, "stop", True, 0)
+    if event.event == "error":
+        return ChunkInfo(None, None, True, 0, error=event.data)
+    return ChunkInfo(None, None, False, 0)
+
+
+def _understand_block(block: Any):
+    """``understand=`` for the resumable app's raw SSE blocks (``event: token`` / ``data: {"i", "t"}``)."""
+    from .._sse import parse_block
+
+    event = parse_block(str(block))
+    if event.event is None and not event.data:
+        from .._recorder import ChunkInfo
+
+        return ChunkInfo(None, None, False, len(str(block)))
+    return _understand_resumed(event)
+
+
+def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not met within {timeout} s")
+        time.sleep(0.01)
+
+
+def _settled(server: Any) -> None:
+    _wait(lambda: len(server.log_lines("Application startup complete")) >= len(server.log_lines("Booting worker")),
+          30, "replacement worker startup")
+
+
+def _owner(replicas: list, pid: int) -> Any:
+    for server in replicas:
+        if pid in server.worker_pids():
+            return server
+    raise RuntimeError(f"pid {pid} is no worker of the replicas")
+
+
+def _process_cells(wanted: set | None) -> Iterator[Cell]:
+    from urllib.parse import urlencode
+
+    import httpx
+
+    from .._appserver import Gunicorn
+    from .._balancer import Balancer
+    from .._mock import MockLLM
+    from .._proxy import Proxy
+    from .._recorder import record
+    from .._redis import RedisServer
+    from .._sse import iter_blocks
+    from ..frameworks.langchain import record_sse
+    from ..hops import CutAfterBytes
+    from . import ResumableStream, resume_stream
+
+    todo = [(f, fix) for f in PROCESS_FAULTS for fix in PROCESS_FIXES
+            if wanted is None or (f, fix, HTTPX) in wanted]
+    if not todo:
+        return
+    with RedisServer() as redis, MockLLM(tokens=TOKENS, itl=0.2) as mock:
+        env = {"STREAMLAB_MODEL_URL": mock.base_url, "STREAMLAB_REDIS_URL": redis.url, "STREAMLAB_RESUME_LEASE": "2"}
+        options = dict(workers=2, env=env, timeout=300, extra_args=["--preload"])
+        with Gunicorn("streamlab.apps.resumable:app", **options) as a, \
+                Gunicorn("streamlab.apps.resumable:app", **options) as b, Balancer([a, b]) as lb:
+            replicas = [a, b]
+            for replica in replicas:
+                _wait(lambda: len(replica.log_lines("Application startup complete")) >= 2, 30, "app startup")
+            for fault, fix in todo:
+                prompt = f"fix matrix {fault} {fix} {uuid.uuid4().hex[:8]}"
+                t0 = time.monotonic()
+                indices: list[int] = []
+                killed: list[Any] = []
+                if fix == "none":
+                    url = lb.url + "/chat/sse?" + urlencode({"q": prompt})
+                    headers = {"X-Streamlab": KILL_STALL}
+                    if fault == "worker_kill":
+                        def killing() -> Iterator[str]:
+                            with httpx.Client(timeout=httpx.Timeout(30.0)) as client, \
+                                    client.stream("GET", url, headers=headers) as response:
+                                pid = int(response.headers["x-streamlab-pid"])
+                                for block in iter_blocks(response.iter_text()):
+                                    yield block + "\n\n"
+                                    if "event: token" in block and not killed and \
+                                            json.loads(block.split("data: ", 1)[1])["i"] == KILL_AFTER - 1:
+                                        server = _owner(replicas, pid)
+                                        server.kill_worker(pid)
+                                        killed.append(server)
+                        run = record(killing, expected=TOKENS, understand=_understand_block)
+                    elif fault == "client_drop":
+                        with Proxy(upstream=lb.url, faults=[CutAfterBytes(nbytes=DROP_BYTES)]) as proxy:
+                            run = record_sse(proxy.url + url[len(lb.url):], expected=TOKENS, timeout=30,
+                                             understand=_understand_block)
+                    else:
+                        run = record_sse(url, expected=TOKENS, timeout=30, abort_after=KILL_AFTER,
+                                         understand=_understand_block)
+                else:
+                    reply = httpx.post(lb.url + "/runs", params={"q": prompt, "spec": KILL_STALL}, timeout=30)
+                    reply.raise_for_status()
+                    started = reply.json()
+                    if fault == "worker_kill":
+                        def resumed() -> Iterator[Any]:
+                            result = ResumableStream(started["stream"])
+                            for event in resume_stream(lb.url + started["stream"], result=result):
+                                yield event
+                                if event.event == "token":
+                                    indices.append(json.loads(event.data)["i"])
+                                    if len(indices) == KILL_AFTER and not killed:
+                                        pid = int(result.connections[0]["pid"])
+                                        if pid == started["pid"]:
+                                            raise RuntimeError("stream and producer on one worker: not this cell")
+                                        server = _owner(replicas, pid)
+                                        server.kill_worker(pid)
+                                        killed.append(server)
+                    elif fault == "client_drop":
+                        def resumed() -> Iterator[Any]:
+                            with Proxy(upstream=lb.url, faults=[CutAfterBytes(nbytes=DROP_BYTES)]) as proxy:
+                                for event in resume_stream(proxy.url + started["stream"], max_reconnects=20):
+                                    if event.event == "token":
+                                        indices.append(json.loads(event.data)["i"])
+                                    yield event
+                    else:
+                        def resumed() -> Iterator[Any]:
+                            last = None
+                            for event in resume_stream(lb.url + started["stream"]):  # the client stops...
+                                yield event
+                                if event.event == "token":
+                                    indices.append(json.loads(event.data)["i"])
+                                    last = event.id
+                                    if len(indices) == KILL_AFTER:
+                                        break
+                            for event in resume_stream(lb.url + started["stream"], last_event_id=last):  # back
+                                if event.event == "token":
+                                    indices.append(json.loads(event.data)["i"])
+                                yield event
+                    run = record(resumed, expected=TOKENS, understand=_understand_resumed)
+                for server in killed:
+                    _settled(server)
+                duplicates = len(indices) - len(set(indices))
+                yield Cell(fault, fix, HTTPX, str(run.outcome), indices and len(indices) or run.tokens, TOKENS,
+                           duplicates, _model_runs(mock, prompt), time.monotonic() - t0)
+
+
+# -- the whole matrix ------------------------------------------------------------------------------
+
+def run_matrix(*, only: Iterable[tuple[str, str, str]] | None = None, scale: float = SCALE) -> list[Cell]:
+    """Run every cell (or those keyed in ``only``: (fault, fix, client)); the cells in matrix order."""
+    from .._offline import offline
+    from .._timescale import time_scale
+
+    wanted = set(only) if only is not None else None
+    offline()
+    cells: list[Cell] = []
+    with time_scale(scale):
+        for group in (_model_cells, _hop_cells, _process_cells):
+            cells.extend(group(wanted))
+    return cells
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in VERSIONS:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    try:
+        from .._redis import redis_version  # type: ignore[attr-defined]
+        out["redis-server"] = redis_version()
+    except Exception:  # noqa: BLE001 - optional
+        pass
+    return out
+
+
+def write(cells: list[Cell], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(COLUMNS)
+        writer.writerows(c.row() for c in cells)
+    meta = {"command": "python -m streamlab.fixes._matrix", "time_scale": SCALE, "tokens": TOKENS,
+            "versions": versions()}
+    out.with_suffix(".versions.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def read(path: Path | str = DEFAULT_OUT) -> list[dict[str, str]]:
+    with Path(path).open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# -- reading it -------------------------------------------------------------------------------------
+
+FIX_ORDER = ("none", "stream_off", "guard", "continue", "background", "heartbeat", "resume", "idempotent")
+CLIENT_ORDER = (SDK, HTTPX, LANGCHAIN, LANGGRAPH)
+COLOURS = {"complete": "#2e7d32", "truncation detected": "#1565c0", "truncated by length": "#64b5f6",
+           "client aborted": "#fbc02d", "buffered": "#a1887f", "http error": "#9e9e9e",
+           "error before stream": "#bdbdbd", "stalled / timed out": "#ef6c00", "cut mid-stream": "#c62828",
+           "silent truncation": "#6a1b9a"}
+
+
+def grid(rows: Iterable[dict[str, str]], *, client: str | None = None) -> tuple[list[str], list[str], dict]:
+    """(faults, fixes, {(fault, fix): row}): one row per cell, for ``client`` or, by default, the first
+    client of ``CLIENT_ORDER`` that has the cell (the raw openai SDK where it applies)."""
+    rows = list(rows)
+    faults = list(dict.fromkeys(r["fault"] for r in rows))
+    fixes = [f for f in FIX_ORDER if any(r["fix"] == f for r in rows)]
+    cells: dict[tuple[str, str], dict[str, str]] = {}
+    for r in sorted(rows, key=lambda r: CLIENT_ORDER.index(r["client"]) if r["client"] in CLIENT_ORDER else 99):
+        if client is None or r["client"] == client:
+            cells.setdefault((r["fault"], r["fix"]), r)
+    faults = [f for f in faults if any((f, x) in cells for x in fixes)]
+    return faults, fixes, cells
+
+
+def heatmap(rows: Iterable[dict[str, str]], *, client: str | None = None, title: str = "fault x fix"):
+    """The matrix as a heat map (fault x fix, colour = outcome, text = tokens received); the figure."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    faults, fixes, cells = grid(rows, client=client)
+    names = list(COLOURS)
+    values = [[names.index(cells[(f, x)]["outcome"]) if (f, x) in cells else float("nan") for x in fixes]
+              for f in faults]
+    fig, ax = plt.subplots(figsize=(1.1 * len(fixes) + 4.5, 0.32 * len(faults) + 1.6))
+    ax.imshow(values, cmap=ListedColormap([COLOURS[n] for n in names]), vmin=-0.5, vmax=len(names) - 0.5,
+              aspect="auto")
+    for i, f in enumerate(faults):
+        for j, x in enumerate(fixes):
+            if (f, x) in cells:
+                row = cells[(f, x)]
+                dup = f"+{row['duplicate_tokens']}d" if row["duplicate_tokens"] != "0" else ""
+                ax.text(j, i, f"{row['tokens_received']}{dup}", ha="center", va="center", fontsize=7, color="white")
+    ax.set_xticks(range(len(fixes)), fixes)
+    ax.set_yticks(range(len(faults)), faults, fontsize=8)
+    ax.xaxis.tick_top()
+    used = [n for n in names if any(c["outcome"] == n for c in cells.values())]
+    ax.legend(handles=[Patch(color=COLOURS[n], label=n) for n in used], loc="upper left",
+              bbox_to_anchor=(1.01, 1), fontsize=8, title="outcome (text: tokens, +Nd duplicates)")
+    ax.set_title(title + " (blank: the fix does not apply)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m streamlab.fixes._matrix", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="only the fast slice (QUICK)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = parser.parse_args(argv)
+    t0 = time.monotonic()
+    cells = run_matrix(only=QUICK if args.quick else None)
+    write(cells, args.out)
+    print(f"{len(cells)} cells -> {args.out} in {time.monotonic() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
