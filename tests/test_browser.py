@@ -5,7 +5,9 @@ embedded proxy, real nginx for HTTP/2). Skipped, with the reason, when Chromium 
 """
 
 import asyncio
+import glob
 import os
+import tempfile
 
 import psutil
 import pytest
@@ -140,6 +142,8 @@ def _browser_processes() -> set[int]:
 def test_one_shot_leaves_no_process_and_no_profile_dir(servers):
     _, ticker, _ = servers
     before = _browser_processes()               # the module's own browser is still running
+    pattern = os.path.join(tempfile.gettempdir(), "*")
+    dirs_before = {d for d in glob.glob(pattern) if "chrom" in d or "playwright" in d}
     browser = Browser().start()
     try:
         pid, profile = browser.pid, browser.user_data_dir
@@ -154,3 +158,4 @@ def test_one_shot_leaves_no_process_and_no_profile_dir(servers):
     run = browser_stream(ticker.url + "/stream?n=2&every=0.01", expected=2)
     assert run.outcome is sl.Outcome.COMPLETE
     assert _browser_processes() - before == set()
+    assert {d for d in glob.glob(pattern) if "chrom" in d or "playwright" in d} <= dirs_before
