@@ -10,6 +10,11 @@ it is being read (nginx ``proxy_buffer_size``): past it the exchange ends with
 buffering the rest. An upstream that answers before it has read the whole
 request (a ``413`` of its own) is relayed: the proxy stops sending the body and
 passes the answer on.
+
+A request asking to switch protocols (``Upgrade: websocket``) goes upstream with
+``Connection: upgrade``; a ``101`` answer turns the exchange into a raw two-way
+tunnel (``_tunnel``, design note above it), any other answer is relayed and the
+connection closed.
 """
 
 from __future__ import annotations

@@ -10,6 +10,11 @@
 A refused request is answered with nginx's page and ``Connection: close``; the
 proxy then keeps reading (and dropping) what the client still sends for a while
 (nginx's lingering close), so the client reads the answer instead of an RST.
+
+An ``Upgrade`` request (WebSocket) stops the parser: every later byte is queued
+raw in ``tunnel_in`` for ``_exchange._tunnel``, which relays it after the
+upstream's ``101``. Once tunneling, a client FIN ends the tunnel (after what came
+before it is relayed) instead of cancelling the exchange.
 """
 
 from __future__ import annotations
