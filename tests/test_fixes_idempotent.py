@@ -2,7 +2,9 @@
 
 The stack is real: ``redis-server``, the mock model, two uvicorn processes of
 ``streamlab.apps.idempotent:app`` (one worker each, so the retry lands in another process),
-and ``sl.Balancer(retry=True, idle_timeout=...)`` in front. The first model call of a scenario
+and ``sl.Balancer(retry=True, non_idempotent=True, idle_timeout=...)`` in front (nginx's
+``proxy_next_upstream error timeout non_idempotent``: without it a sent POST is not retried;
+``max_fails=0``: a worker that timed out once is not skipped in the next scenario). The first model call of a scenario
 stalls (``stall@0=S,first=1``) longer than the balancer waits for a first byte, so the balancer
 gives up on that worker and sends the same request to the other one, while the first run is
 still going: the duplicate a retrying balancer makes. Counted: model runs, the mock's chat
@@ -22,8 +24,8 @@ import streamlab as sl
 from streamlab.fixes import Idempotent, InMemoryKeys, RedisKeys
 
 APP = "streamlab.apps.idempotent:app"
-STALL = 1.5   # scenario seconds the first model call stalls
-IDLE = 0.5    # balancer idle timeout before the first byte: the retry comes while the first run goes on
+STALL = 2.5   # scenario seconds the first model call stalls
+IDLE = 1.0    # balancer idle timeout before the first byte: the retry comes while the first run goes on
 
 pytestmark = pytest.mark.skipif(not sl.redis_available(), reason="redis-server is not installed")
 
@@ -33,7 +35,10 @@ def stack():
     with sl.RedisServer() as redis, sl.MockLLM(tokens=12) as mock:
         env = {"STREAMLAB_MODEL_URL": mock.base_url, "STREAMLAB_REDIS_URL": redis.url}
         with sl.Uvicorn(APP, env=env) as a, sl.Uvicorn(APP, env=env) as b, \
-                sl.Balancer([a, b], retry=True, idle_timeout=IDLE) as lb:
+                sl.Balancer([a, b], retry=True, non_idempotent=True, max_fails=0, idle_timeout=IDLE) as lb:
+            for worker in (a, b):  # warm each worker's first model call (imports, client): the retry must be quick
+                reply = httpx.post(worker.url + "/answer", params={"q": "warm up", "spec": "tokens=1"}, timeout=30)
+                assert reply.status_code == 200, reply.text
             yield {"mock": mock, "lb": lb, "redis": redis, "workers": [a, b]}
 
 
