@@ -218,9 +218,14 @@ print("without the limit, all 30 complete:", counts(bursts["no limit"]) == {"com
 a, b = Uvicorn(TICKER).start(), Uvicorn(TICKER).start()
 
 
+async def whoami(c, url):
+    r = await c.get(url + "/whoami", headers={"connection": "close"})
+    return r.json()["pid"] if r.status_code == 200 else f"HTTP {r.status_code}"   # a failure shows, not hides
+
+
 async def three_requests(url):
     async with httpx.AsyncClient(timeout=30) as c:      # keeps the balancer's cookie, like a browser
-        return {(await c.get(url + "/whoami", headers={"connection": "close"})).json()["pid"] for _ in range(3)}
+        return {await whoami(c, url) for _ in range(3)}
 
 
 async def clients(url, n=20):
