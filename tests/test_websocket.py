@@ -225,3 +225,19 @@ def test_nginx_read_timeout_survives_a_stall_with_pings(app, ping_app, pings):
     assert run.outcome is sl.Outcome.COMPLETE, run.summary()
     assert run.token_times[5] - run.token_times[4] > TIMEOUT  # the stall really outlasted the timeout
     assert (run.pings >= 3) == (pings == "app ping messages")
+
+
+def test_client_leaving_mid_stream_reaches_the_app_through_the_embedded_proxy(app):
+    from websockets.sync.client import connect
+
+    rid = "ws-leaves-early"
+    with sl.Proxy(upstream=app.url) as proxy:
+        with connect(ws(proxy, spec="stall@6=20"), proxy=None, ping_interval=None,
+                     additional_headers={"X-Request-ID": rid}) as client:
+            got = [client.recv(timeout=10) for _ in range(3)]
+        # the client's close frame went through the tunnel; the app finds out on its next send
+        line = app.wait_for_log(rf"{rid}.*CLIENT DISCONNECT \(WebSocketDisconnect", timeout=10)
+        log = proxy.log
+    sent = int(line.text.rsplit("after ", 1)[1].split()[0])
+    assert len(got) == 3 and 3 <= sent <= 6, line.text  # it stopped long before the 12 (and the stall)
+    assert log.bytes("up") > 0 and log.of("close")[-1].note == "eof"
