@@ -595,7 +595,7 @@ def heatmap(rows: Iterable[dict[str, str]], *, client: str | None = None, title:
     used = [n for n in names if any(c["outcome"] == n for c in cells.values())]
     ax.legend(handles=[Patch(color=COLOURS[n], label=n) for n in used], loc="upper left",
               bbox_to_anchor=(1.01, 1), fontsize=8, title="outcome (text: tokens, +Nd duplicates)")
-    ax.set_title(title + " (blank: the fix does not apply)", fontsize=10)
+    ax.set_title(title + " (blank: not run on that fault's stack)", fontsize=10)
     fig.tight_layout()
     return fig
 
