@@ -104,6 +104,9 @@ class Proxy(Configurable, Server):
     x_accel             "strip" (default, what nginx does: X-Accel-* response headers are consumed,
                         never passed on) or "pass" (what a non-nginx hop does: they reach the next
                         hop, so an app's ``X-Accel-Buffering: no`` still reaches an nginx in front)
+    websocket           always True: a ``101 Switching Protocols`` answer turns the exchange into a
+                        raw tunnel both ways (accepted so ``proxy_for(..., websocket=True)`` works
+                        with either engine; real nginx needs it to pass the upgrade headers)
     record              keep a ``HopLog`` of every read and write (off for benchmarks)
     name                the hop's name in logs and plots
     port                port to listen on (0: a free one)
@@ -123,8 +126,11 @@ class Proxy(Configurable, Server):
                  large_client_header_buffers: tuple[int, Any] = (4, "8k"), client_max_body_size: Any = "1m",
                  proxy_buffer_size: Any = UNBUFFERED_RESPONSE_HEAD, record: bool = True, name: str = "proxy",
                  port: int = 0, host: str = "127.0.0.1", allow_non_loopback: bool = False,
-                 x_accel: str = "strip") -> None:
+                 x_accel: str = "strip", websocket: bool = True) -> None:
         super().__init__()
+        if websocket is not True:
+            raise ValueError("the embedded proxy always relays WebSocket upgrades; websocket=False (no "
+                             "Upgrade/Connection headers passed on) is a setting of real nginx (NginxProxy)")
         if x_accel not in ("strip", "pass"):
             raise ValueError(f"x_accel is 'strip' (like nginx) or 'pass' (like a non-nginx hop), got {x_accel!r}")
         self.x_accel = x_accel

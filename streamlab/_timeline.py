@@ -12,6 +12,8 @@ Event kinds (a hop uses the ones that apply):
     hold     bytes kept back in a buffer                   nbytes (buffer fill after the read)
     fault    a fault fired                                 note: fault name and detail
     close    the exchange ended                            note: "eof", "reset", "timeout", ...
+    upgrade  a 101 answer turned the exchange into a tunnel   note: the protocol ("websocket")
+    up       bytes relayed from the client to the upstream  nbytes (in a tunnel)
 
 A log is bounded, so a hop that runs for days (``streamlab proxy``) stays flat:
 it keeps at most ``max_exchanges`` exchanges (events grouped by ``conn``) and

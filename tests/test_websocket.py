@@ -241,3 +241,11 @@ def test_client_leaving_mid_stream_reaches_the_app_through_the_embedded_proxy(ap
     sent = int(line.text.rsplit("after ", 1)[1].split()[0])
     assert len(got) == 3 and 3 <= sent <= 6, line.text  # it stopped long before the 12 (and the stall)
     assert log.bytes("up") > 0 and log.of("close")[-1].note == "eof"
+
+
+def test_proxy_for_accepts_websocket_true_with_either_engine():
+    with sl.MockLLM() as mock:
+        embedded = sl.proxy_for(upstream=mock.url, prefer="embedded", websocket=True)
+        assert embedded.kind.startswith("embedded")
+    with pytest.raises(ValueError, match="always relays WebSocket upgrades"):
+        sl.Proxy(upstream="http://127.0.0.1:9", websocket=False)

@@ -1,4 +1,4 @@
-"""Sync model calls inside ``async def``: one slow request freezes the whole worker (seeds/002, cause 3).
+"""Sync model calls inside ``async def``: one slow request freezes the whole worker (article "LangChain scaling", cause 3).
 
     uvicorn streamlab.apps.blocking:app      env: STREAMLAB_MODEL_URL=http://127.0.0.1:PORT/v1
 

@@ -1,4 +1,4 @@
-"""Buffered JSON vs real SSE, with LangChain's ``ChatOpenAI`` (seeds/002, "The Most Common Cause").
+"""Buffered JSON vs real SSE, with LangChain's ``ChatOpenAI`` (article "LangChain scaling", "The Most Common Cause").
 
     uvicorn streamlab.apps.chat:app          env: STREAMLAB_MODEL_URL=http://127.0.0.1:PORT/v1
 

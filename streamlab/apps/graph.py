@@ -1,4 +1,4 @@
-"""A LangGraph graph served two ways: sync ``graph.stream()`` in ``async def`` vs ``astream()`` (seeds/004).
+"""A LangGraph graph served two ways: sync ``graph.stream()`` in ``async def`` vs ``astream()`` (article "LangGraph scaling").
 
     uvicorn streamlab.apps.graph:app         env: STREAMLAB_MODEL_URL=http://127.0.0.1:PORT/v1
 

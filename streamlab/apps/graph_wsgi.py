@@ -1,4 +1,4 @@
-"""A plain WSGI app that streams a LangGraph run as a generator: the "sync multi-worker WSGI" of seeds/004.
+"""A plain WSGI app that streams a LangGraph run as a generator: the "sync multi-worker WSGI" of article "LangGraph scaling".
 
     gunicorn streamlab.apps.graph_wsgi:app -k sync -w 2 --timeout 30
                                              env: STREAMLAB_MODEL_URL=http://127.0.0.1:PORT/v1

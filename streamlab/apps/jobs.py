@@ -1,4 +1,4 @@
-"""A long request vs a background job the client can poll, stream and resume (seeds/004, "push long work out of band").
+"""A long request vs a background job the client can poll, stream and resume (article "LangGraph scaling", "push long work out of band").
 
     uvicorn streamlab.apps.jobs:app          env: STREAMLAB_MODEL_URL=http://127.0.0.1:PORT/v1
 

@@ -1,4 +1,4 @@
-"""A token buffer shared by every request vs one per request (seeds/002, "Keep streaming handlers stateless").
+"""A token buffer shared by every request vs one per request (article "LangChain scaling", "Keep streaming handlers stateless").
 
     uvicorn streamlab.apps.shared_state:app  env: STREAMLAB_MODEL_URL=http://127.0.0.1:PORT/v1
 

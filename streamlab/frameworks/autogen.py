@@ -1,5 +1,5 @@
-"""AutoGen helpers, taught in notebooks/01_autogen.ipynb (seeds/000 "streaming response cutoff when
-scaling" and seeds/001 "streaming response cutoff" in AutoGen).
+"""AutoGen helpers, taught in notebooks/01_autogen.ipynb (article "AutoGen scaling" "streaming response cutoff when
+scaling" and article "AutoGen cutoff" "streaming response cutoff" in AutoGen).
 
     url(server, *faults, **options)   an OpenAI base URL through ``server`` (the mock, or a proxy in front
                                       of it) whose requests carry mock faults/options: ``.../s/cut@12/v1``

@@ -1,4 +1,4 @@
-"""CrewAI helpers, taught in notebooks/03_crewai.ipynb (seeds/003: "streaming response cutoff in production" in CrewAI).
+"""CrewAI helpers, taught in notebooks/03_crewai.ipynb (article "CrewAI production": "streaming response cutoff in production" in CrewAI).
 
     observe(mock)              ``with observe(mock) as seen:`` around a kickoff: ``seen.requests`` are the model
                                requests made inside the block (the mock's journal), ``seen.llm_calls`` what

@@ -1,4 +1,4 @@
-"""LangChain helpers, taught in notebooks/02_langchain.ipynb (seeds/002: "streaming response cutoff when scaling").
+"""LangChain helpers, taught in notebooks/02_langchain.ipynb (article "LangChain scaling": "streaming response cutoff when scaling").
 
 The app the notebook's uvicorn and gunicorn processes serve::
 
@@ -64,7 +64,7 @@ __all__ = ["combined_app", "endpoint", "sse_blocks", "get_json_text", "record_ss
 
 
 def combined_app():
-    """The demo apps of seeds/002 (+ jobs) in one FastAPI app, plus ``/chat/plain``. A factory:
+    """The demo apps of article "LangChain scaling" (+ jobs) in one FastAPI app, plus ``/chat/plain``. A factory:
     nothing is imported until an app server calls it."""
     from fastapi import FastAPI, Request
     from fastapi.responses import StreamingResponse
@@ -421,7 +421,7 @@ def describe_error(exc: BaseException | None) -> str:
     return describe(exc, scale=current_time_scale())
 
 
-# The article's list of termination messages (seeds/002, "Inspect server termination logs"),
+# The article's list of termination messages (article "LangChain scaling", "Inspect server termination logs"),
 # with the pattern that finds what the pinned servers really print for each.
 TERMINATION = {
     "Worker timeout (pid: ...)": r"(?i)worker timeout",

@@ -1,4 +1,4 @@
-"""LangGraph helpers, taught in notebooks/04_langgraph.ipynb (seeds/004: "streaming response cutoff when scaling").
+"""LangGraph helpers, taught in notebooks/04_langgraph.ipynb (article "LangGraph scaling": "streaming response cutoff when scaling").
 
 The app: every pattern of the article as a real FastAPI route around a real ``StateGraph``
 whose nodes call ``langchain_openai.ChatOpenAI`` on the streamlab mock. A factory, so nothing
