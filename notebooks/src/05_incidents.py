@@ -28,7 +28,7 @@
 # ## 0. Setup
 #
 # Versions are checked first. `sl.offline()` refuses connections that leave loopback.
-# `sl.time_scale(0.02)` runs one scenario second in 20 ms, so every duration below is written and
+# `sl.time_scale(0.015)` runs one scenario second in 15 ms, so every duration below is written and
 # printed in production seconds. The browser is Debian's Chromium driven by Playwright
 # (`sl.Browser`, `streamlab/_browser.py`): one headless browser for the whole notebook, loading a
 # small page that reads each stream with `EventSource` or with `fetch` and a stream reader, on the
@@ -44,7 +44,7 @@ from streamlab.faults import AccelBuffering, OnDisconnect, SlowHeaders, Transfer
 
 print(sl.require(playwright="1.65.2", openai="2.54.0", httpx="0.28.1", uvicorn="0.54.0", gunicorn="27.0.1"))
 sl.offline()
-sl.time_scale(0.02)
+sl.time_scale(0.015)
 assert sl.browser_available() is None, sl.browser_available()
 browser = sl.Browser().start()
 mock = sl.MockLLM(tokens=20, ttft=1, itl=1).start()
@@ -251,7 +251,8 @@ with sl.time_scale(GUNICORN_SCALE), \
                              label="sync worker, --timeout 30")
     gu_async = browser.stream(async_server.url + "/stream?n=1&every=60", mode="fetch", expected=1,
                               label="uvicorn worker, --timeout 30")
-    print("\n".join(line[line.index("[CRITICAL]"):] for line in sync_server.log_lines("WORKER TIMEOUT")))
+    first_kill = sync_server.log_lines("WORKER TIMEOUT")[0]
+    print("gunicorn's log:", first_kill[first_kill.index("[CRITICAL]"):])
 show(gu_sync)
 show(gu_async)
 
@@ -361,13 +362,13 @@ show(gc_fixed)
 #
 # **Rebuilt.** The embedded proxy with `hops.cloudflare()` (100 s, `524` `error code: 524`) in front
 # of the mock: a non-streaming answer that takes 125 s, then the same answer streamed (first token after
-# 20 s, then one every 4 s: 136 s in all). Client: Chromium with `fetch` (the report used curl).
+# 20 s, then one every 3 s: 107 s in all). Client: Chromium with `fetch` (the report used curl).
 
 # %%
 with sl.Proxy(upstream=mock, faults=hops.cloudflare()) as cloudflare:
     cf_broken = browser.stream(via(cloudflare.url, tokens=30, ttft=125, itl=0), mode="fetch", method="POST",
                                json={**BODY, "stream": False}, label="stream: false")
-    cf_fixed = browser.stream(via(cloudflare.url, tokens=30, ttft=20, itl=4), mode="fetch", method="POST",
+    cf_fixed = browser.stream(via(cloudflare.url, tokens=30, ttft=20, itl=3), mode="fetch", method="POST",
                               json=BODY, expected=30, label="stream: true")
 show(cf_broken)
 print("the client got:", cf_broken.body)
