@@ -266,7 +266,8 @@ print("sticky cookie, 20 at once: every client stayed on one worker:", all(len(s
 # sent again to another worker while the first one still runs: under load, every slow answer is a
 # second model run (and a second bill).
 #
-# **Broken**: `sl.Balancer(retry=True, non_idempotent=True, idle_timeout=50)` over two processes of
+# **Broken**: `sl.Balancer(retry=True, non_idempotent=True, idle_timeout=50)` (`max_fails=0`: no
+# upstream is marked down, so each request meets only its own timeout) over two processes of
 # `streamlab/apps/idempotent.py` (one non-streaming model call per `POST /answer`), the model on the
 # two-process mock; the first 20 model calls stall 150 s (a script, so whichever mock worker takes
 # them; an answer that is not stalled comes at once, `spec=tokens=5,itl=0`). 20 POSTs at once.
@@ -279,7 +280,7 @@ p1, p2 = Uvicorn(IDEM, env=env).start(), Uvicorn(IDEM, env=env).start()
 runs = {}
 for non_idempotent in (True, False):
     before = len(cluster.journal.chat())
-    with Balancer([p1, p2], retry=True, non_idempotent=non_idempotent, idle_timeout=50) as lb, \
+    with Balancer([p1, p2], retry=True, non_idempotent=non_idempotent, idle_timeout=50, max_fails=0) as lb, \
             cluster.script(*["stall@0=150"] * 20, then=None):
         replies = await burst(20, "POST", lb.url + "/answer?q=incident&spec=tokens=5,itl=0")
         retries = lb.stats()["retries"]
