@@ -270,7 +270,6 @@ class HTTPStream:
         if self.slow is not None and self.slow.rcvbuf:
             options.append((socket.SOL_SOCKET, socket.SO_RCVBUF, self.slow.rcvbuf))
         transport = httpx.AsyncHTTPTransport(socket_options=options, retries=0)
-        res.t_start = time.perf_counter()
 
         def remaining() -> tuple[float | None, bool]:
             """Seconds left before the next deadline, and whether it is the abort."""
@@ -297,6 +296,9 @@ class HTTPStream:
             async with httpx.AsyncClient(transport=transport, timeout=timeout) as client:
                 request = client.build_request(self.method, self.url, headers=self.headers, json=self.json,
                                                content=self.content)
+                # the clock starts when the request is sent: building the client (SSL context,
+                # pool) takes 20-100 ms and is setup, not time to first byte
+                res.t_start = time.perf_counter()
                 response = await within(client.send(request, stream=True))
                 if response is None:
                     return
@@ -342,6 +344,8 @@ class HTTPStream:
             raise
         finally:
             res.t_end = time.perf_counter()
+            if res.t_start is None:  # failed before the send (a bad URL): nothing was measured
+                res.t_start = res.t_end
 
     # -- four ways in ------------------------------------------------------------------
 

@@ -36,6 +36,24 @@ def test_a_complete_stream_keeps_every_chunk_with_its_time(ticker):
     assert 0.01 < result.ttfb < 0.5 and result.nbytes == len(result.body)
 
 
+def test_httpstream_ttfb_does_not_count_client_setup(ticker, monkeypatch):
+    """Building the httpx client is setup (20-100 ms of SSL context and pool): the clock starts at
+    the send. A client that takes 0.5 s to build must not show a 0.5 s time to first byte."""
+    built = []
+
+    class SlowToBuild(httpx.AsyncClient):
+        def __init__(self, *args, **kwargs):
+            time.sleep(0.5)
+            super().__init__(*args, **kwargs)
+            built.append(time.perf_counter())
+
+    monkeypatch.setattr(httpx, "AsyncClient", SlowToBuild)
+    result = read_stream(ticker.url + "/stream?n=2&every=0.05")
+    assert result.outcome == "complete" and len(built) == 1
+    assert result.t_start >= built[0]
+    assert 0.04 < result.ttfb < 0.4 and result.elapsed < 0.45
+
+
 def test_abort_after_chunks_closes_the_connection_and_the_server_sees_it(ticker):
     stream = HTTPStream(ticker.url + "/stream?n=40&every=0.02", headers={"X-Request-ID": "ac-1"},
                         abort=Abort(after_chunks=4))
