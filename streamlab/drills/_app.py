@@ -38,7 +38,7 @@ class AppConfig:
     heartbeat: float | None = None  # an SSE comment after this long without a model chunk
     x_accel_no: bool = False        # X-Accel-Buffering: no on the event stream
     check_finish: bool = False      # an error event when the model's stream ends without finish_reason
-    lookup: float = 2.0             # the user lookup every request awaits before calling the model
+    lookup: float = 4.0             # the user lookup every request awaits before calling the model
 
 
 class DrillApp:

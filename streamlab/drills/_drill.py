@@ -301,8 +301,11 @@ class _Stack:
 
         threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(n)]
         for i, t in enumerate(threads):
+            seen = self.app._ids
             t.start()
-            time.sleep(0.1 * SCALE)  # alice first, bob 0.1 s later
+            deadline = time.perf_counter() + 1.0
+            while self.app._ids == seen and time.perf_counter() < deadline:  # the next user once the app has
+                time.sleep(0.001)                                              # this one's request: an overlap
         for t in threads:
             t.join(60)
         return [(people[i][0], run) for i, run in enumerate(out) if run is not None]
@@ -326,8 +329,6 @@ class _Stack:
                 text = e.note.split(": ", 1)[1] if e.kind == "fault" and ": " in e.note else e.note
                 note = f": {text}" if text else ""  # the fault's own name (a cause word) is not a log line
                 lines.append(f"[{(e.t - t0) / SCALE:7.1f} s] conn {e.conn} {e.kind}{note}")
-        sent = self.edge.log.bytes("out")
-        lines.append(f"{len(self.edge.log.of('out'))} writes to the client, {sent} bytes")
         return lines
 
 
@@ -405,9 +406,14 @@ def _healthy(runs: list[tuple[str, Run]], setup: Setup) -> tuple[bool, str]:
             return False, f"{name}: {run.tokens}/{setup.tokens} words, finish_reason {run.finish}"
         if own not in run.text:
             return False, f"{name} got another user's answer"
-        total = _total(run)
-        if run.ttft is None or run.ttft > 0.4 * total:  # held back: most of the wait before the first word
-            return False, f"{name}: first word after {run.ttft or 0:.1f} s of {total:.1f} s"
+        spread = (run.content_arrivals[-1] - run.content_arrivals[0]) / run.scale if run.content_arrivals else 0.0
+        natural = (setup.tokens - 1) * setup.itl
+        if spread < 0.5 * natural:  # held back: the words came in a burst, not as they were written
+            return False, f"{name}: {setup.tokens} words within {spread:.1f} s (written over {natural:.0f} s)"
+    firsts = [run.content_arrivals[0] for _, run in runs if run.content_arrivals]
+    lasts = [run.content_arrivals[-1] for _, run in runs if run.error is None]
+    if len(firsts) > 1 and lasts and max(firsts) > min(lasts):  # one stream at a time: nobody overlapped
+        return False, "one user's first word came after another user's last: the streams did not overlap"
     return True, "every user got a complete answer as it was written" if not setup.silent_ok else \
         "every user got a complete answer or was told it was incomplete"
 

@@ -115,8 +115,8 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
                "question overwrote the first's during the user lookup"),
     Kind(name="client_abort", layers=("client",), causes=("client_abort", "client_timeout"),
          fixes=("raise_client_timeout", "heartbeat"),
-         setup=Setup(client_read=20.0, model=(Stall(at=3, seconds=40.0),)),
-         story="the user's client had a 20 s read timeout and gave up during a 40 s pause of the model; every "
+         setup=Setup(client_read=30.0, model=(Stall(at=3, seconds=60.0),)),
+         story="the user's client had a 30 s read timeout and gave up during a 60 s pause of the model; every "
                "server would have finished the answer"),
     Kind(name="silent_truncation", layers=("model",), causes=("silent_truncation",), fixes=("check_finish_reason",),
          setup=Setup(model=(SilentEnd(at=10),), silent_ok=True),
