@@ -60,14 +60,19 @@ def test_the_00_answer_is_gone(edition):
     assert "smallest read timeout that survives" not in (edition / "00_start_here.ipynb").read_text()
 
 
-def test_the_trainee_07_shows_no_drill_kind_story_or_facilitator_text(edition):
-    from streamlab.drills import KINDS
+def test_the_trainee_07_shows_no_cause_kind_story_or_facilitator_text(edition):
+    """What the trainee's drill printed (sections 1-2) names no kind and no cause; no debrief story anywhere."""
+    import re
+
+    from streamlab.drills import CAUSES, KINDS
 
     cells = json.loads((edition / "07_drills.ipynb").read_text())["cells"]
-    outputs = "\n".join(text_of({"outputs": c.get("outputs", [])}) for c in cells)
-    before_exercises = "\n".join(text_of(c) for c in cells[:next(i for i, c in enumerate(cells)
-                                                               if "## 6. Exercises" in "".join(c["source"]))])
+    answer = next(i for i, c in enumerate(cells) if "## 3. Your answer" in "".join(c["source"]))
+    drill_part = re.sub(r"x-accel-buffering", "", "\n".join(text_of(c) for c in cells[:answer]), flags=re.I)
+    for word in list(CAUSES) + list(KINDS):
+        assert not re.search(rf"\b{word}\b", drill_part), word
+    everything = "\n".join(text_of(c) for c in cells)
     for kind in KINDS.values():
-        assert kind.story not in outputs and kind.name not in outputs
-        assert kind.name not in before_exercises
-    assert "Facilitator" not in before_exercises
+        assert kind.story not in everything
+    assert "## 4. Facilitator" not in everything and "seed_for(kind) for kind" not in everything
+    assert "symptom" in drill_part and "[timeline, clock 5 min]" in drill_part  # the drill did run
