@@ -73,9 +73,13 @@ def continuation(messages: list[dict], tokens: list[str]) -> list[str]:
 
     A trailing ``assistant`` message with ``k`` words of text asks the mock to continue its own
     answer: it sends ``tokens[k:]``, so ``prefix + "".join(rest)`` is the uncut answer when the
-    prefix was the first ``k`` tokens of it. Anything else returns ``tokens`` unchanged.
+    prefix was the first ``k`` tokens of it. Anything else returns ``tokens`` unchanged: an assistant
+    message that is not last, an empty prefix, and an assistant turn that made tool calls (a finished
+    turn, not a prefix).
     """
     if not messages or not isinstance(messages[-1], dict) or messages[-1].get("role") != "assistant":
+        return tokens
+    if messages[-1].get("tool_calls"):
         return tokens
     prefix = content_text(messages[-1].get("content"))
     return tokens[count_tokens(prefix):] if prefix else tokens

@@ -1,5 +1,6 @@
 """The mock's content, timing, options, journal, bad input and lifecycle."""
 
+import json
 import time
 
 import httpx
@@ -43,6 +44,35 @@ def test_deterministic_content_and_max_tokens():
         assert chunks[-1].usage.completion_tokens == 30 and chunks[-1].choices == []
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         assert text == a.choices[0].message.content
+
+
+def test_only_a_trailing_assistant_text_prefix_shortens_the_answer():
+    """The continue convention (commit 0a25b3a) changes the answer of one request shape only: a last
+    assistant message with words. Every other conversation gets the same tokens as a plain one."""
+    user = {"role": "user", "content": "x"}
+    call = {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
+    with sl.MockLLM(tokens=12) as mock:
+        def answer(messages):
+            body = {"model": "m", "stream": True, "messages": messages}
+            result = sl.read_stream(mock.base_url + "/chat/completions", method="POST", json=body, unit="event")
+            assert result.outcome == "complete", result
+            chunks = [json.loads(e["data"]) for e in result.events if e.get("data") not in (None, "[DONE]")]
+            return [c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]]
+
+        plain = answer([user])
+        assert len([t for t in plain if t]) == 12
+        unchanged = {
+            "assistant not last": [user, {"role": "assistant", "content": "Earlier reply ."}, user],
+            "empty prefix": [user, {"role": "assistant", "content": ""}],
+            "null prefix": [user, {"role": "assistant", "content": None}],
+            "blank prefix": [user, {"role": "assistant", "content": "   "}],
+            "tool-call turn last": [user, {"role": "assistant", "content": "Let me look .", "tool_calls": [call]}],
+        }
+        for name, messages in unchanged.items():
+            assert answer(messages) == plain, name
+        words = "".join(plain).split()
+        rest = answer([user, {"role": "assistant", "content": " ".join(words[:4])}])
+        assert "".join(rest).split() == words[4:]
 
 
 def test_echo_repeats_the_last_user_message():
