@@ -353,6 +353,7 @@ class MockLLM(ThreadedASGIServer):
             with mock.script(Cut(at=5), None): ...                     # request 1 cut, then clean
             with mock.inject(Stall(at=3, seconds=30)): ...             # every request in the block
             mock.journal.last.summary()                                # what the server did
+            mock.responses.get(response_id)                            # a Responses API run's state
 
     All keyword arguments are those of ``MockApp``. Stops on ``with`` exit, on
     error, on kernel interrupt (the ``with`` block unwinds) and at interpreter exit.
@@ -381,6 +382,11 @@ class MockLLM(ThreadedASGIServer):
     @property
     def journal(self) -> Journal:
         return self.app_.journal
+
+    @property
+    def responses(self) -> "_responses.Runs":
+        """The Responses API's runs (``POST /v1/responses``): ``mock.responses.get(response_id)``."""
+        return self.app_.responses
 
     def inject(self, *faults: _faults.Fault):
         return self.app_.inject(*faults)

@@ -89,7 +89,7 @@ def test_cut_background_stream_raises_httpx_remote_protocol_error_and_the_run_go
     got, error = _read_until_error(stream)
     assert type(error) is httpx.RemoteProtocolError  # not an openai error: the SDK does not wrap it
     assert [e.type for e in got].count("response.output_text.delta") == 5
-    run = mock.app_.responses.get(got[0].response.id)
+    run = mock.responses.get(got[0].response.id)
     created = run.entry
     assert created.wait_closed().ended == "cut" and created.tokens_sent == 5
     assert _wait(lambda: run.status == "completed")
@@ -103,7 +103,7 @@ def test_resume_with_starting_after_replays_after_n_then_follows_live_without_du
                                                            extra_headers=slow))
     assert isinstance(error, httpx.RemoteProtocolError)
     rid, last = got[0].response.id, got[-1].sequence_number
-    run = mock.app_.responses.get(rid)
+    run = mock.responses.get(rid)
     generated_at_resume = run.tokens_generated
     rest = list(client.responses.retrieve(rid, stream=True, starting_after=last))
     assert generated_at_resume < TOKENS  # the resume followed live events, not only stored ones
@@ -135,7 +135,7 @@ def test_non_background_stream_cut_ends_the_run_and_cannot_be_resumed(mock):
     client = _client(mock.base_url_for("cut@5", itl=0.05))
     got, error = _read_until_error(client.responses.create(model="m", input="hi", stream=True))
     assert isinstance(error, httpx.RemoteProtocolError)
-    run = mock.app_.responses.get(got[0].response.id)
+    run = mock.responses.get(got[0].response.id)
     assert _wait(lambda: run.status == "cancelled")
     assert run.tokens_generated < TOKENS
     with pytest.raises(openai.BadRequestError) as info:
@@ -146,7 +146,7 @@ def test_non_background_stream_cut_ends_the_run_and_cannot_be_resumed(mock):
 def test_stall_holds_the_delivery_while_the_background_run_finishes(mock):
     client = _client(mock.base_url_for("stall@3=1"))
     events = list(client.responses.create(model="m", input="hi", stream=True, background=True))
-    run = mock.app_.responses.get(events[0].response.id)
+    run = mock.responses.get(events[0].response.id)
     assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == _answer()
     stalled = run.entry.log
     assert any(e.kind == "fault" and "stall@3" in e.note for e in stalled.events)
@@ -162,11 +162,11 @@ def test_error_event_midstream_raises_openai_api_error(mock):
 
 
 def test_ratelimit_rejects_before_any_run_starts(mock):
-    before = len(mock.app_.responses)
+    before = len(mock.responses)
     with pytest.raises(openai.RateLimitError):
         _client(mock.base_url_for("ratelimit=1")).responses.create(model="m", input="hi", stream=True,
                                                                    background=True)
-    assert len(mock.app_.responses) == before
+    assert len(mock.responses) == before
 
 
 def test_cancel_stops_a_background_run(mock):
@@ -175,7 +175,7 @@ def test_cancel_stops_a_background_run(mock):
                                   extra_headers=mock.headers_for(tokens=1000, itl=0.05))
     cancelled = client.responses.cancel(job.id)
     assert cancelled.status == "cancelled"
-    run = mock.app_.responses.get(job.id)
+    run = mock.responses.get(job.id)
     generated = run.tokens_generated
     time.sleep(0.2)
     assert run.tokens_generated == generated < 1000
@@ -257,15 +257,15 @@ def test_runs_are_bounded_and_a_full_mock_answers_429():
         for job in jobs:
             client.responses.cancel(job.id)
         done = [client.responses.create(model="m", input="hi", background=True) for _ in range(2)]
-        assert len(small.app_.responses) == 3  # the oldest finished run left first
-        assert small.app_.responses.get(jobs[0].id) is None and small.app_.responses.get(done[1].id) is not None
+        assert small.responses is small.app_.responses and len(small.responses) == 3  # the oldest run left
+        assert small.responses.get(jobs[0].id) is None and small.responses.get(done[1].id) is not None
         for job in done:
             client.responses.cancel(job.id)
         assert json.loads(httpx.delete(f"{small.base_url}/responses/{done[1].id}").text)["deleted"] is True
 
 
 def test_event_bytes_are_reserved_up_front_and_trued_up_at_the_end(mock):
-    runs = mock.app_.responses
+    runs = mock.responses
     events = list(_client(mock.base_url).responses.create(model="m", input="hi", stream=True, background=True))
     run = runs.get(events[0].response.id)
     assert run.done and run.reserved == run.nbytes == sum(len(d) for _, d in run.frames)
