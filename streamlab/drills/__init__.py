@@ -19,5 +19,5 @@ from ._app import AppConfig, DrillApp
 from ._drill import COSTS, SCALE, USERS, Drill, DrillError, Result, draw, score_table, seed_for
 from ._kinds import CAUSES, FIXES, KINDS, LAYERS, Kind, Setup
 
-__all__ = ["Drill", "draw", "seed_for", "score_table", "Result", "DrillError", "KINDS", "FIXES", "CAUSES", "LAYERS", "COSTS", "SCALE",
-           "Kind", "Setup", "AppConfig", "DrillApp", "USERS"]
+__all__ = ["Drill", "draw", "seed_for", "score_table", "Result", "DrillError", "KINDS", "FIXES", "CAUSES", "LAYERS",
+           "COSTS", "SCALE", "Kind", "Setup", "AppConfig", "DrillApp", "USERS"]

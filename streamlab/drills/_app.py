@@ -187,7 +187,8 @@ class DrillApp:
         await send({"type": "http.response.body", "body": data, "more_body": True})
 
     async def _error(self, rid: int, status: int, body: bytes, send: Any, t0: float) -> None:
-        self._say(f"req {rid}: model answered {status} after {self._since(t0):.1f} s: {body[:160].decode('utf-8', 'replace')}")
+        text = body[:160].decode("utf-8", "replace")
+        self._say(f"req {rid}: model answered {status} after {self._since(t0):.1f} s: {text}")
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": body})

@@ -97,7 +97,8 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
          setup=Setup(edge=(hops.Deadline(seconds=29.0),), tokens=40),
          story="an API gateway's 29 s integration timeout: the answer still flowing at 29 s was cut, however "
                "fast the words came"),
-    Kind(name="gzip_sse", layers=("edge",), causes=("gzip", "buffering"), fixes=("gzip_off", "x_accel_buffering_no", "proxy_buffering_off"),
+    Kind(name="gzip_sse", layers=("edge",), causes=("gzip", "buffering"),
+         fixes=("gzip_off", "x_accel_buffering_no", "proxy_buffering_off"),
          setup=Setup(edge=(hops.Buffering(), hops.Gzip())),
          story="the edge gzips text/event-stream into full buffers: the whole answer left the edge at the end"),
     Kind(name="buffering", layers=("edge",), causes=("buffering",),
