@@ -11,6 +11,9 @@ gracefully and wait for streams still in flight, i.e. for the client.
     popen(args, **kw)       subprocess.Popen(args, preexec_fn=die_with_parent, **kw), run on a
                             thread that lives as long as the process (see below)
     tie_to(pid)             in an already running process: die when ``pid`` is no longer the parent
+    terminate(proc)         SIGTERM, a grace period, then SIGKILL (the process group with group=True)
+    find_binary(path, name) / binary_version(binary, flag, pattern): the system servers we run
+                            (nginx, redis-server): which binary, and its version or None
 
 Design notes.
 
@@ -36,15 +39,18 @@ Design notes.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import ctypes
 import os
 import queue
+import re
+import shutil
 import signal
 import subprocess
 import threading
 from typing import Any, Callable
 
-__all__ = ["die_with_parent", "popen", "tie_to", "PARENT_ENV"]
+__all__ = ["die_with_parent", "popen", "tie_to", "terminate", "find_binary", "binary_version", "PARENT_ENV"]
 
 PARENT_ENV = "STREAMLAB_SUPERVISOR_PID"  # set by ``python -m streamlab.apps._uvicorn_main`` for its workers
 _PR_SET_PDEATHSIG = 1
@@ -135,3 +141,43 @@ def popen(args: Any, **kwargs: Any) -> subprocess.Popen:
     if "preexec_fn" in kwargs:
         raise TypeError("popen() sets preexec_fn itself (die_with_parent)")
     return _on_spawner(lambda: subprocess.Popen(args, preexec_fn=die_with_parent, **kwargs))
+
+
+def terminate(proc: subprocess.Popen, *, grace: float = 3.0, group: bool = False) -> None:
+    """SIGTERM, up to ``grace`` s to exit, then SIGKILL, and reap it.
+
+    ``group=True`` SIGKILLs the process group (pgid = ``proc.pid``, a ``start_new_session``
+    child) even after a clean exit: a server's workers that outlived their master go too.
+    """
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(grace)
+    if group:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    elif proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)
+
+
+def find_binary(path: str, name: str) -> str | None:
+    """``path`` if it is an executable file, else ``name`` found on ``PATH``, else None."""
+    if os.path.isfile(path) and os.access(path, os.X_OK):
+        return path
+    return shutil.which(name)
+
+
+def binary_version(binary: str | None, flag: str, pattern: str) -> str | None:
+    """Group 1 of ``pattern`` in what ``binary flag`` prints (stdout or stderr); None if it does not run."""
+    if binary is None:
+        return None
+    try:
+        out = subprocess.run([binary, flag], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    match = re.search(pattern, out.stdout + out.stderr)
+    return match.group(1) if match else None

@@ -105,23 +105,13 @@ class NginxUnsupported(ValueError):
 
 
 def _binary() -> str | None:
-    if os.path.isfile(NGINX_BINARY) and os.access(NGINX_BINARY, os.X_OK):
-        return NGINX_BINARY
-    return shutil.which("nginx")
+    return _lifetime.find_binary(NGINX_BINARY, "nginx")
 
 
 @lru_cache(maxsize=1)
 def nginx_version() -> str | None:
     """The installed nginx's version ("1.22.1"), or None when there is none."""
-    binary = _binary()
-    if binary is None:
-        return None
-    try:
-        out = subprocess.run([binary, "-v"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    match = re.search(r"nginx/(\S+)", out.stderr + out.stdout)
-    return match.group(1) if match else None
+    return _lifetime.binary_version(_binary(), "-v", r"nginx/(\S+)")
 
 
 def nginx_available() -> bool:
@@ -616,17 +606,9 @@ class NginxProxy(Configurable, Server):
         if proc is None:
             self._stop_watchdog()
             return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)  # fast shutdown: the master stops its worker
-            try:
-                proc.wait(3)
-            except subprocess.TimeoutExpired:
-                pass
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)  # the worker too, if it outlived its master
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(5)
+        # SIGTERM = fast shutdown (the master stops its worker), then SIGKILL to the group: the
+        # worker too, if it outlived its master
+        _lifetime.terminate(proc, group=True)
         if self._reader is not None:
             self._reader.join(2)
             self._reader = None

@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -41,7 +39,7 @@ import time
 from functools import lru_cache
 from typing import Any
 
-from ._lifetime import popen
+from ._lifetime import binary_version, find_binary, popen, terminate
 from ._servers import Server, free_port
 
 __all__ = ["RedisServer", "RedisUnavailable", "redis_available", "redis_version", "REDIS_BINARY"]
@@ -58,23 +56,13 @@ class RedisUnavailable(RuntimeError):
 
 
 def _binary() -> str | None:
-    if os.path.isfile(REDIS_BINARY) and os.access(REDIS_BINARY, os.X_OK):
-        return REDIS_BINARY
-    return shutil.which("redis-server")
+    return find_binary(REDIS_BINARY, "redis-server")
 
 
 @lru_cache(maxsize=1)
 def redis_version() -> str | None:
     """The installed redis-server's version ("7.0.15"), or None when there is none."""
-    binary = _binary()
-    if binary is None:
-        return None
-    try:
-        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    match = re.search(r"v=(\S+)", out.stdout + out.stderr)
-    return match.group(1) if match else None
+    return binary_version(_binary(), "--version", r"v=(\S+)")
 
 
 def redis_available() -> bool:
@@ -187,15 +175,7 @@ class RedisServer(Server):
         proc, self.process = self.process, None
         if proc is None:
             return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)  # with --save '' a SIGTERM exits at once, no dump
-            try:
-                proc.wait(3)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                proc.wait(5)
+        terminate(proc)  # with --save '' a SIGTERM exits at once, no dump
         if self._reader is not None:
             self._reader.join(2)
             self._reader = None
