@@ -76,3 +76,16 @@ def test_guard_turns_every_silent_truncation_into_an_error(stored):
     for (fault, fix, client), row in stored.items():
         if fix == "guard" and row["outcome"] == "complete":
             assert row["tokens_received"] == row["tokens_expected"], (fault, client)
+
+
+def test_an_idempotency_key_keeps_a_balancer_retry_to_one_model_run(stored):
+    bare, keyed = stored[("lb_retry", "none", "httpx JSON")], stored[("lb_retry", "idempotent", "httpx JSON")]
+    assert bare["outcome"] == keyed["outcome"] == "complete"
+    assert (bare["model_runs"], keyed["model_runs"]) == ("2", "1")
+
+
+def test_streaming_off_never_keeps_more_of_an_answer_than_streaming(stored):
+    for (fault, fix, client), row in stored.items():
+        if fix == "stream_off":
+            assert int(row["tokens_received"]) <= int(stored[(fault, "none", client)]["tokens_received"]), \
+                (fault, client)

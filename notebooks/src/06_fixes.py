@@ -181,8 +181,9 @@ table(["fault", "client", "outcome", "tokens", "error"], rows)
 # **Broken, then fixed, measured.** The stack: `redis-server`, two gunicorn replicas of
 # `streamlab.apps.resumable` (2 uvicorn workers each) behind a round-robin balancer. The worker that
 # serves the stream is SIGKILLed after 8 tokens; the baseline is the same app's plain `/chat/sse`. The
-# same stack also plays a network that cuts every connection after ~600 bytes, and a client that stops
-# after 8 tokens and comes back. These are the matrix's own cells, run now:
+# same stack also plays a network that cuts every connection after 600 bytes, and a client that stops
+# after 8 tokens and comes back. These are the matrix's own cells, run now (the same code as
+# `python -m streamlab.fixes._matrix`):
 
 # %% tags=["nbval-ignore-output"]
 t0 = time.perf_counter()
@@ -247,6 +248,12 @@ table(["client", "tokens shown", "duplicates", "model runs", "reconnects"], [
 # model request; `BackgroundRun` shows 40 with *one* model run. The matrix shows where neither helps:
 # a fault before the stream (429, 500, context length: `http error`), and a stream whose frames are
 # malformed.
+#
+# The same "twice" happens without any cut when a balancer retries a slow POST on another worker
+# (nginx `proxy_next_upstream timeout non_idempotent`, 08_scale section 5): the matrix's `lb_retry`
+# rows put `streamlab.apps.idempotent` (two uvicorn processes, keys in Redis) behind such a balancer.
+# Without a key the model runs twice; with an `Idempotency-Key` the retry gets a 409 with
+# `Retry-After`, the client asks again and gets the kept answer: one model run.
 
 # %% [markdown]
 # ## 5. The fault x fix matrix
@@ -255,8 +262,9 @@ table(["client", "tokens shown", "duplicates", "model runs", "reconnects"], [
 # streamlab.fixes._matrix` reruns all of it (about 2 minutes; the versions that made it are in
 # `data/fix_matrix.versions.json`). Model faults are read by the raw openai SDK, LangChain
 # `ChatOpenAI` and a one-node LangGraph graph; hop faults by httpx through the heartbeat app; process
-# faults by httpx (with `resume_stream` for `resume`). The heat map shows the openai SDK's cell where
-# there is one, else httpx's; a blank cell is a fix that does not apply to that fault's stack.
+# faults by httpx (with `resume_stream` for `resume`); the balancer's retry by httpx with JSON. The
+# heat map shows the openai SDK's cell where there is one, else httpx's; a blank cell is a fix that
+# was not run on that fault's stack (it does not apply there, or we did not measure it).
 
 # %%
 rows = matrix.read()
@@ -290,6 +298,10 @@ table(["lesson", "count", "cells"], [
     ("hops a heartbeat does not save", len(hops_not), ", ".join(hops_not)),
     ("faults where stream_off keeps fewer tokens than streaming (openai SDK)", len(stream_off_worse),
      ", ".join(stream_off_worse)),
+    ("balancer retries that `idempotent` keeps to 1 model run (2 without a key)",
+     sum(1 for r in rows if r["fix"] == "idempotent" and r["model_runs"] == "1"
+         and outcome(r["fault"], "none", r["client"]) == "complete"), ", ".join(r["fault"] for r in rows
+                                                                              if r["fix"] == "idempotent")),
     ("process faults `resume` ends complete with 0 duplicates and 1 model run",
      sum(1 for r in rows if r["fix"] == "resume" and r["outcome"] == "complete" and r["duplicate_tokens"] == "0"
          and r["model_runs"] == "1"), ", ".join(r["fault"] for r in rows if r["fix"] == "resume")),
@@ -328,14 +340,13 @@ table(["fix", "verdict", "lesson"], [
     ("2. guard", "reproduced", "every silent truncation becomes `truncation detected`; it detects, not recovers"),
     ("3. resume", "reproduced", "worker kill, network drop, client abort: complete, 0 duplicates, 1 model run"),
     ("4. background / continue", "reproduced", "no token shown twice; background runs the model once"),
+    ("idempotent (matrix)", "reproduced", "a balancer's retried POST runs the model once with a key, twice without"),
     ("stream_off", "not a fix", "the same faults fail with less: a cut or stall loses the whole answer"),
 ])
 
 # %% [markdown]
-# Not in the matrix yet: `idempotent` (`streamlab.fixes.Idempotent`: a balancer's retried POST does not
-# run the model twice; tested in `tests/test_fixes_idempotent.py`, 08_scale section 5 shows the
-# problem), the WebSocket transport, and the frameworks' own mechanisms (LangGraph's checkpointer,
-# CrewAI's task replay, AutoGen's state save/load).
+# Not in the matrix yet: the WebSocket transport, and the frameworks' own mechanisms (LangGraph's
+# checkpointer, CrewAI's task replay, AutoGen's state save/load).
 #
 # ## 7. Exercises
 #

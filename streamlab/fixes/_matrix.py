@@ -6,9 +6,10 @@
     rows = run_matrix(only=QUICK)          # [Cell(fault, fix, client, outcome, ...), ...]
 
 One row per (fault, fix, client); ``outcome`` is the recorder's outcome name (``sl.Outcome``).
-Three groups of faults, each on the stack it needs (all on loopback, ``sl.time_scale(SCALE)``):
+Four groups of faults, each on the stack it needs (all on loopback, ``sl.time_scale(SCALE)``):
 
-    model faults    every fault of ``streamlab.faults`` (at token 12) on the mock's first request
+    model faults    every fault of ``streamlab.faults`` (at token 12) on the mock's first request,
+                    at ``MODEL_SCALE`` with a ``READ_TIMEOUT`` of 5 s
                     (``mock.script(fault)``; a retry or continuation is clean), read by the raw
                     openai SDK, LangChain ``ChatOpenAI`` and a one-node LangGraph graph
                     fixes: none, stream_off, guard (all clients); continue, background (openai SDK)
@@ -18,9 +19,12 @@ Three groups of faults, each on the stack it needs (all on loopback, ``sl.time_s
     process faults  the resumable demo app on 2 gunicorn replicas x 2 workers behind a round-robin
                     balancer, a real redis-server; read by httpx (``resume_stream`` with resume)
                     worker_kill (the worker serving the stream, SIGKILL after 8 tokens),
-                    client_drop (the network cuts every connection after ~10 events),
+                    client_drop (the network cuts every connection after 600 bytes: 13 events),
                     client_abort (the client stops after 8 tokens and comes back later)
                     fixes: none (``/chat/sse``: the model call lives in the request), resume
+    retries         lb_retry: a balancer retries a slow POST on the other worker (the idempotent demo
+                    app on 2 uvicorn processes, Redis keys; read by httpx, time scale 1)
+                    fixes: none (no key), idempotent (``Idempotency-Key``; 409 + Retry-After, then the kept answer)
 
 Counts: ``tokens_received`` answer tokens the client got (all attempts), ``tokens_expected`` the
 uncut answer's, ``duplicate_tokens`` received tokens that are not a new position of the answer
@@ -48,12 +52,14 @@ COLUMNS = ("fault", "fix", "client", "outcome", "tokens_received", "tokens_expec
            "model_runs", "seconds")
 TOKENS = 40
 SCALE = 0.05                  # wall-clock seconds per scenario second
-READ_TIMEOUT = 3.0            # scenario seconds, the model-fault clients
+MODEL_SCALE = 0.1             # the model faults' own: a non-streamed answer (2.5 s) and the read timeout
+READ_TIMEOUT = 5.0            # (5 s) must stay apart on a loaded machine; a stall (8 s) must outlast it
 MODEL = dict(tokens=TOKENS, ttft=0.5, itl=0.05)
 STALL = "stall@3=30"          # hop faults: 3 tokens, 30 s of silence, the rest
 HOP_ITL = 0.2
 KILL_STALL = "stall@8=10"     # process faults: the kill lands in a 10 s stall after 8 tokens
 SDK, LANGCHAIN, LANGGRAPH, HTTPX = "openai SDK", "langchain ChatOpenAI", "langgraph", "httpx SSE"
+HTTP_JSON = "httpx JSON"
 VERSIONS = ("streamlab", "openai", "httpx", "langchain-openai", "langchain-core", "langgraph", "uvicorn",
             "gunicorn", "fastapi", "redis")
 ROOT = Path(__file__).resolve().parents[2]
@@ -109,10 +115,10 @@ def model_faults() -> list:
     return out
 
 
-def _uncut() -> list[str]:
+def _uncut(seed: int = 0) -> list[str]:
     from .._text import generate
 
-    return generate(TOKENS)
+    return generate(TOKENS, seed)
 
 
 def _duplicates(received: list[str]) -> int:
@@ -121,10 +127,10 @@ def _duplicates(received: list[str]) -> int:
     return len(received) - matched
 
 
-def _prefix_tokens(text: str) -> int:
+def _prefix_tokens(text: str, seed: int = 0) -> int:
     """A non-streamed answer's token count: how many tokens of the uncut answer its text begins with."""
     n, joined = 0, ""
-    for token in _uncut():
+    for token in _uncut(seed):
         if not text.startswith(joined + token):
             break
         joined += token
@@ -276,7 +282,9 @@ def _cell(fault: str, fix: str, client: str, run: Any, pieces: list[str] | None,
 def _model_cells(wanted: set | None) -> Iterator[Cell]:
     from .._mock import MockLLM
 
-    with MockLLM(**MODEL) as mock:
+    from .._timescale import time_scale
+
+    with time_scale(MODEL_SCALE), MockLLM(**MODEL) as mock:
         for fault in model_faults():
             name = fault.spec()
             for client, fixes in MODEL_FIXES.items():
@@ -497,6 +505,58 @@ def _process_cells(wanted: set | None) -> Iterator[Cell]:
                            duplicates, _model_runs(mock, prompt), time.monotonic() - t0)
 
 
+# -- retried requests ------------------------------------------------------------------------------
+
+RETRY_STALL = 2.5   # wall-clock seconds the first model call of a cell stalls (time scale 1 in this group)
+RETRY_IDLE = 1.0    # the balancer gives up on a worker after this long without a byte, and retries
+
+
+def _retry_cells(wanted: set | None) -> Iterator[Cell]:
+    """lb_retry: a balancer that retries a slow POST on the other worker (nginx ``proxy_next_upstream
+    timeout non_idempotent``), against the idempotent demo app on two uvicorn processes and Redis.
+    none: no key (both runs answer, the model runs twice); idempotent: an ``Idempotency-Key``, the
+    client retries after the 409's ``Retry-After`` and gets the kept answer."""
+    import httpx
+
+    from .._appserver import Uvicorn
+    from .._balancer import Balancer
+    from .._mock import MockLLM
+    from .._recorder import record
+    from .._redis import RedisServer
+    from .._timescale import time_scale
+
+    todo = [fix for fix in ("none", "idempotent") if wanted is None or ("lb_retry", fix, HTTP_JSON) in wanted]
+    if not todo:
+        return
+    with time_scale(1.0), RedisServer() as redis, MockLLM(tokens=TOKENS) as mock:
+        env = {"STREAMLAB_MODEL_URL": mock.base_url, "STREAMLAB_REDIS_URL": redis.url}
+        app = "streamlab.apps.idempotent:app"
+        with Uvicorn(app, env=env) as a, Uvicorn(app, env=env) as b, \
+                Balancer([a, b], retry=True, non_idempotent=True, max_fails=0, idle_timeout=RETRY_IDLE) as lb:
+            for worker in (a, b):  # warm each worker's first model call: the retry must be quick
+                httpx.post(worker.url + "/answer", params={"q": "warm up", "spec": "tokens=1"},
+                           timeout=30).raise_for_status()
+            for fix in todo:
+                seed = 100 + todo.index(fix)
+                prompt = f"fix matrix lb_retry {fix} {uuid.uuid4().hex[:8]}"
+                params = {"q": prompt, "spec": f"stall@0={RETRY_STALL},first=1,seed={seed}"}
+                headers = {"Idempotency-Key": uuid.uuid4().hex} if fix == "idempotent" else {}
+                t0 = time.monotonic()
+
+                def answer() -> str:
+                    reply = httpx.post(lb.url + "/answer", params=params, headers=headers, timeout=30)
+                    for _ in range(15):
+                        if reply.status_code != 409:
+                            break
+                        time.sleep(float(reply.headers.get("retry-after", "1")))
+                        reply = httpx.post(lb.url + "/answer", params=params, headers=headers, timeout=30)
+                    reply.raise_for_status()
+                    return reply.json()["text"]
+                run = record(answer, expected=TOKENS)
+                yield Cell("lb_retry", fix, HTTP_JSON, str(run.outcome), _prefix_tokens(run.text or "", seed),
+                           TOKENS, 0, _model_runs(mock, prompt), time.monotonic() - t0)
+
+
 # -- the whole matrix ------------------------------------------------------------------------------
 
 def run_matrix(*, only: Iterable[tuple[str, str, str]] | None = None, scale: float = SCALE) -> list[Cell]:
@@ -508,7 +568,7 @@ def run_matrix(*, only: Iterable[tuple[str, str, str]] | None = None, scale: flo
     offline()
     cells: list[Cell] = []
     with time_scale(scale):
-        for group in (_model_cells, _hop_cells, _process_cells):
+        for group in (_model_cells, _hop_cells, _process_cells, _retry_cells):
             cells.extend(group(wanted))
     return cells
 
@@ -536,7 +596,8 @@ def write(cells: list[Cell], out: Path) -> None:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(COLUMNS)
         writer.writerows(c.row() for c in cells)
-    meta = {"command": "python -m streamlab.fixes._matrix", "time_scale": SCALE, "tokens": TOKENS,
+    meta = {"command": "python -m streamlab.fixes._matrix", "time_scale": SCALE, "model_time_scale": MODEL_SCALE,
+            "read_timeout": READ_TIMEOUT, "tokens": TOKENS,
             "versions": versions()}
     out.with_suffix(".versions.json").write_text(json.dumps(meta, indent=2) + "\n")
 
@@ -549,7 +610,7 @@ def read(path: Path | str = DEFAULT_OUT) -> list[dict[str, str]]:
 # -- reading it -------------------------------------------------------------------------------------
 
 FIX_ORDER = ("none", "stream_off", "guard", "continue", "background", "heartbeat", "resume", "idempotent")
-CLIENT_ORDER = (SDK, HTTPX, LANGCHAIN, LANGGRAPH)
+CLIENT_ORDER = (SDK, HTTPX, HTTP_JSON, LANGCHAIN, LANGGRAPH)
 COLOURS = {"complete": "#2e7d32", "truncation detected": "#1565c0", "truncated by length": "#64b5f6",
            "client aborted": "#fbc02d", "buffered": "#a1887f", "http error": "#9e9e9e",
            "error before stream": "#bdbdbd", "stalled / timed out": "#ef6c00", "cut mid-stream": "#c62828",
