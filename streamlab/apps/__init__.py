@@ -15,6 +15,7 @@ environment variables, see ``streamlab.apps._common``)::
     streamlab.apps.resumable:app     POST /runs + GET /runs/{id}/stream with Last-Event-ID on Redis      streamlab.fixes
     streamlab.apps.idempotent:app    Idempotency-Key: a retried request never runs the model twice       streamlab.fixes
     streamlab.apps.ws:app            ChatOpenAI.astream tokens over a WebSocket (/ws/chat), pings        streamlab.fixes
+    streamlab.apps.switches:app      heartbeat / BaseHTTPMiddleware / cancel-or-continue as env switches  incidents
 
 Every app logs its request id, each token, the end, and how a client left
 (``CLIENT DISCONNECT (CancelledError|GeneratorExit|http.disconnect) after N tokens``).
