@@ -14,8 +14,10 @@ timeouts here are 50 scenario seconds = 1 s real, far above that slack.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import httpx
@@ -177,29 +179,31 @@ def nothing_left_running():
     assert leftover_nginx() == [], "an nginx process outlived its test"
 
 
+@contextlib.contextmanager
+def upstream_for(scenario: Scenario) -> Iterator[str]:
+    """The upstream ``scenario`` names, running for the block: yields its URL (tools/data.py uses it too)."""
+    if scenario.upstream == "down":
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        sock.close()  # nobody listens there now
+        yield f"http://127.0.0.1:{port}"
+    elif scenario.upstream in ("deaf", "raw"):
+        other = DeafUpstream() if scenario.upstream == "deaf" else RawSSEUpstream()
+        try:
+            yield other.url
+        finally:
+            other.close()
+    else:
+        with ThreadedASGIServer(SSEUpstream(), name="conformance-upstream") as server:
+            yield server.url
+
+
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
 def test_embedded_proxy_matches_real_nginx(scenario: Scenario):
-    deaf = None
-    server = None
-    try:
-        if scenario.upstream in ("deaf", "raw"):
-            deaf = DeafUpstream() if scenario.upstream == "deaf" else RawSSEUpstream()
-            url = deaf.url
-        elif scenario.upstream == "down":
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-            sock.close()
-        else:
-            server = ThreadedASGIServer(SSEUpstream(), name="conformance-upstream").start()
-            url = server.url
+    with upstream_for(scenario) as url:
         real = run(NginxProxy, scenario, url)
         ours = run(Proxy, scenario, url)
-    finally:
-        if server is not None:
-            server.stop()
-        if deaf is not None:
-            deaf.close()
     assert real.key() == scenario.expected, f"real nginx {nginx_version()} did {real}; {scenario.why}"
     assert ours.key() == real.key(), f"embedded proxy {ours} differs from real nginx {real}"
 

@@ -182,17 +182,14 @@ def _logging_restored():
 def build_nginx_conformance(only: Iterable[tuple] | None = None) -> list[tuple]:
     """(scenario, engine, outcome, events, headers_held, events_held) through real nginx and the embedded proxy."""
     import logging
-    import socket
 
     sys.path.insert(0, str(ROOT / "tests"))
     try:
         import test_nginx_conformance as conf
-        from test_proxy import DeafUpstream, RawSSEUpstream, SSEUpstream
     finally:
         sys.path.remove(str(ROOT / "tests"))
     from streamlab._nginx import NginxProxy, nginx_available, nginx_version
     from streamlab._proxy import Proxy
-    from streamlab._servers import ThreadedASGIServer
     from streamlab._timescale import time_scale
 
     if not nginx_available():
@@ -205,29 +202,12 @@ def build_nginx_conformance(only: Iterable[tuple] | None = None) -> list[tuple]:
         for scenario in conf.SCENARIOS:
             if wanted is not None and scenario.name not in wanted:
                 continue
-            server = other = None
-            try:
-                if scenario.upstream in ("deaf", "raw"):
-                    other = DeafUpstream() if scenario.upstream == "deaf" else RawSSEUpstream()
-                    url = other.url
-                elif scenario.upstream == "down":
-                    sock = socket.socket()
-                    sock.bind(("127.0.0.1", 0))
-                    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-                    sock.close()
-                else:
-                    server = ThreadedASGIServer(SSEUpstream(), name="conformance-upstream").start()
-                    url = server.url
+            with conf.upstream_for(scenario) as url:
                 for engine, cls in engines:
                     seen = conf.run(cls, scenario, url)
                     events = "" if seen.events is None else str(seen.events)
                     rows.append((scenario.name, engine, seen.outcome, events, str(seen.head_held).lower(),
                                  str(seen.events_held).lower()))
-            finally:
-                if server is not None:
-                    server.stop()
-                if other is not None:
-                    other.close()
     return rows
 
 
