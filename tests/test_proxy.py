@@ -95,44 +95,19 @@ class SSEUpstream:
             self.finished[q["id"]] = time.perf_counter()
 
 
-class DeafUpstream:
-    """Accepts connections and never reads from them (for proxy_send_timeout)."""
+class RawListener:
+    """A loopback listening socket on raw sockets: each connection is kept (closed by ``close()``)
+    and handed to ``_serve`` on a thread of its own. The raw-socket upstreams below build on it."""
+
+    backlog = 16
+    rcvbuf: int | None = None  # SO_RCVBUF of the listening socket (accepted sockets inherit it)
 
     def __init__(self) -> None:
         self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        if self.rcvbuf is not None:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
         self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.conns: list[socket.socket] = []
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(conn)
-
-    def close(self) -> None:
-        for conn in self.conns:
-            conn.close()
-        self.sock.close()
-
-
-class RawSSEUpstream:
-    """An SSE server that does not use chunked encoding (as many do for nginx's HTTP/1.0 requests).
-
-    Query: ``mode=close`` (HTTP/1.0, body ends when the connection closes) or ``mode=length``
-    (Content-Length), ``n`` events every ``interval`` scenario seconds, ``accel=1``.
-    """
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
+        self.sock.listen(self.backlog)
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.conns: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
@@ -145,6 +120,28 @@ class RawSSEUpstream:
                 return
             self.conns.append(conn)
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        """Handle one connection (the default: never read from it)."""
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.conns:
+            conn.close()
+
+
+class DeafUpstream(RawListener):
+    """Accepts connections and never reads from them (for proxy_send_timeout)."""
+
+    rcvbuf = 4096
+
+
+class RawSSEUpstream(RawListener):
+    """An SSE server that does not use chunked encoding (as many do for nginx's HTTP/1.0 requests).
+
+    Query: ``mode=close`` (HTTP/1.0, body ends when the connection closes) or ``mode=length``
+    (Content-Length), ``n`` events every ``interval`` scenario seconds, ``accel=1``.
+    """
 
     def _serve(self, conn: socket.socket) -> None:
         try:
@@ -168,11 +165,6 @@ class RawSSEUpstream:
             conn.close()
         except OSError:
             pass
-
-    def close(self) -> None:
-        self.sock.close()
-        for conn in self.conns:
-            conn.close()
 
 
 # --------------------------------------------------------------------------- what the client sees

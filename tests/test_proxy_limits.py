@@ -31,6 +31,7 @@ from streamlab._proxy import Proxy
 from streamlab._servers import running_servers
 from streamlab._timeline import HopLog
 from streamlab._timescale import time_scale
+from test_proxy import RawListener
 
 SCALE = 0.01
 ENGINES = ["embedded", "nginx"]
@@ -51,7 +52,7 @@ def engine(name: str, **settings):
     return Proxy(**settings)
 
 
-class RawUpstream:
+class RawUpstream(RawListener):
     """A loopback HTTP/1.x server on raw sockets (one thread per connection).
 
     mode "echo"    read the whole body (Content-Length), answer 200 with its size and sha1
@@ -59,25 +60,13 @@ class RawUpstream:
     mode "bighead" answer a status line and one header of ``bighead`` bytes, sent in 64 KiB pieces
     """
 
+    backlog = 64
+
     def __init__(self, mode: str = "echo", bighead: int = 0) -> None:
         self.mode, self.bighead = mode, bighead
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         self.requests = 0
         self.head_bytes_sent = 0
-        self._conns: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self._conns.append(conn)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+        super().__init__()
 
     def _serve(self, conn: socket.socket) -> None:
         try:
@@ -123,11 +112,6 @@ class RawUpstream:
         except OSError:
             pass
         finally:
-            conn.close()
-
-    def close(self) -> None:
-        self.sock.close()
-        for conn in self._conns:
             conn.close()
 
 
