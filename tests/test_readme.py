@@ -51,7 +51,7 @@ def test_python_blocks_run_in_order_in_one_kernel(tmp_path):
                      "CLIENT DISCONNECT", "2 workers", "broken", "fixed", "40 tokens, 0 duplicates",
                      "complete 8 ['split@3=0.2']", "HTTP/2",
                      "cut mid-stream 5 net::ERR_INCOMPLETE_CHUNKED_ENCODING",
-                     "cut mid-stream 3 2 workers", "nothing left running"):
+                     "cut mid-stream 3 2 workers", "fixes that heal it", "nothing left running"):
         assert promised in text, f"README output lacks {promised!r}:\n{text}"
 
 
