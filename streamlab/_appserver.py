@@ -490,10 +490,18 @@ class Gunicorn(AppServer):
     The command adds ``--no-control-socket`` (gunicorn 27 would otherwise open one
     shared socket in $HOME for every instance), ``--access-logfile -`` (so requests
     show in ``log_lines()``) and a hooks module that logs ``worker ready (pid:N)``.
+    A worker counts as ready (``start()``, ``wait_workers()``) at that line, and a uvicorn
+    worker only once it has also logged its app startup ("Application startup complete.",
+    after the lifespan startup) unless logging is turned down or away (``log_level`` above
+    info, ``--error-logfile``, ``--log-config`` ... in ``extra_args``).
     """
 
     kind = "gunicorn"
     _ready_pattern = re.compile(r"streamlab\.gunicorn worker ready \(pid:(?P<pid>\d+)\)")
+    # a uvicorn worker's app startup (lifespan) ends after the fork's "ready" line; its INFO lines
+    # carry the worker's pid ("[4242] [INFO] Application startup complete.")
+    _app_started_pattern = re.compile(
+        r"\[(?P<pid>\d+)\] \[INFO\] (?:Application startup complete|ASGI 'lifespan' protocol appears unsupported)")
     _gone_pattern = re.compile(
         r"WORKER TIMEOUT \(pid:(\d+)\)|Worker \(pid:(\d+)\) was sent|worker (?:exited|aborted) \(pid:(\d+)\)")
 
@@ -539,6 +547,25 @@ class Gunicorn(AppServer):
             "--access-logfile", "-", "--no-control-socket", "--config", "python:streamlab.apps._gunicorn_hooks",
             *self.extra_args,
         ]
+
+    def _waits_for_app_startup(self) -> bool:
+        """True when uvicorn workers will print their app startup line where we read it (INFO, stderr)."""
+        logging_args = ("--log-level", "--error-logfile", "--log-file", "--log-config", "--log-syslog",
+                        "--logger-class")
+        return ("uvicorn" in self.worker_class.lower() and self.log_level.lower() in ("debug", "info")
+                and not any(a.split("=")[0] in logging_args for a in self.extra_args))
+
+    def _ready_pids(self) -> set[int]:
+        """Workers that are forked and, for uvicorn workers, past the app's startup (lifespan)."""
+        ready = super()._ready_pids()
+        if not ready or not self._waits_for_app_startup():
+            return ready
+        started = set()
+        for text in self.log_lines(self._app_started_pattern.pattern):
+            match = self._app_started_pattern.search(text)
+            if match:
+                started.add(int(match.group("pid")))
+        return ready & started
 
     def _take_binds(self, args: list[str]) -> list[str]:
         rest: list[str] = []

@@ -377,3 +377,40 @@ def test_uvicorn_sigterm_waits_for_a_plain_stream_but_sse_starlette_ends_it(mode
         assert ticker.log_lines(r"Waiting for connections to close. \(CTRL\+C to force quit\)")
         assert sse.result.outcome == "cut" and sse.result.events[-1].get("event") == "token"
         assert chat.wait_for_log(r"/chat/sse STREAM CANCELLED \(CancelledError\)")
+
+
+SLOW_STARTUP_APP = """
+import time
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                time.sleep(1.0)  # a model client or a pool built at startup
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+"""
+
+
+def test_gunicorn_uvicorn_workers_are_ready_only_after_the_app_startup(tmp_path):
+    """A uvicorn worker logs "worker ready" at the fork; its lifespan startup (1 s here) comes after.
+    start() and wait_workers() count a worker only once it has logged "Application startup complete"."""
+    (tmp_path / "slow_startup_app.py").write_text(SLOW_STARTUP_APP)
+    import streamlab._appserver as appserver
+
+    env = {"PYTHONPATH": f"{tmp_path}:{appserver._ROOT}"}
+    with Gunicorn("slow_startup_app:app", workers=2, env=env) as server:
+        started = {int(m.group(1)) for line in server.log_lines(r"\] \[INFO\] Application startup complete")
+                   if (m := re.search(r"\[(\d+)\] \[INFO\]", line))}
+        assert set(server.worker_pids()) <= started and len(server.worker_pids()) == 2
+        server.kill_worker(0)
+        pids = server.wait_workers(timeout=30)
+        assert len(pids) == 2 and set(pids) <= {int(m.group(1)) for line in server.log_lines(
+            r"Application startup complete") if (m := re.search(r"\[(\d+)\] \[INFO\]", line))}
+        assert httpx.get(server.url + "/", timeout=5).text == "ok"

@@ -50,10 +50,8 @@ def stack():
         # --preload: the app (langchain) is imported once per replica and workers fork from it,
         # so a killed worker is replaced at once instead of after a fresh import
         options = dict(workers=2, env=env, timeout=300, extra_args=["--preload"])
+        # start() returns once every worker has finished the app's startup (lifespan)
         with sl.Gunicorn(APP, **options) as a, sl.Gunicorn(APP, **options) as b, sl.Balancer([a, b]) as lb:
-            for replica in (a, b):  # "worker ready" is logged at fork; the app's startup (lifespan) comes after
-                _wait(lambda: len(replica.log_lines("Application startup complete")) >= 2, timeout=30,
-                      what="application startup")
             yield {"redis": redis, "mock": mock, "replicas": [a, b], "lb": lb}
 
 
@@ -92,9 +90,8 @@ def _wait(predicate, timeout: float = 10.0, what: str = "condition") -> None:
 
 
 def _settled(server) -> None:
-    """After a kill: every worker the arbiter booted has finished the app's startup."""
-    _wait(lambda: len(server.log_lines("Application startup complete")) >= len(server.log_lines("Booting worker")),
-          timeout=30, what="replacement worker startup")
+    """After a kill: the replacement worker is up and has finished the app's startup."""
+    server.wait_workers(timeout=30)
 
 
 def _owner(replicas, pid: int):
