@@ -617,13 +617,20 @@ def _value_chunk(value: Any) -> Any:
         content = getattr(last, "content", None)
         info = ChunkInfo(content if isinstance(content, str) and content else None,
                          str(value.stop_reason or "stop"), True, _size(value))
+    elif isinstance(value, dict) and isinstance(value.get("messages"), list) and value["messages"]:
+        return _Value(ChunkInfo(**{**_value_chunk(value["messages"][-1]).info.__dict__, "nbytes": _size(value)}))
+    elif hasattr(value, "response_metadata"):
+        # A LangChain message from a chat model: its finish reason is the model's own, and an answer
+        # that came back without one (a body that ended early) is not complete.
+        content = value.content if isinstance(value.content, str) else None
+        finish = (value.response_metadata or {}).get("finish_reason")
+        info = ChunkInfo(content or None, finish, finish is not None, _size(value))
     else:
+        # Anything else (a CrewAI output, a string) carries no finish reason: taken as ended.
         content = getattr(value, "content", None)
         if not isinstance(content, str):
             content = getattr(value, "raw", None)
         if not isinstance(content, str):
             content = value if isinstance(value, str) else str(value)
-        meta = getattr(value, "response_metadata", None) or {}
-        finish = meta.get("finish_reason", "stop")
         info = ChunkInfo(content or None, finish, True, _size(value))
     return _Value(info)

@@ -426,3 +426,14 @@ def test_redis_down_answers_503_with_a_reason_not_a_500(monkeypatch):
         assert reply.json()["error"]["type"] == "service_unavailable"
         assert "event store unavailable: ConnectionError" in reply.json()["error"]["message"]
     assert health.json()["store"] == "redis"
+
+
+def test_an_event_cut_before_its_blank_line_does_not_count_as_received():
+    """The id of an event becomes the Last-Event-ID only when the event is dispatched (WHATWG):
+    a cut between ``id: 7`` and the blank line must make the server replay event 7."""
+    from streamlab.fixes._resume import _parse_lines
+
+    state = {"id": None, "retry": 0.5}
+    lines = ["id: 6", "data: six", "", "id: 7", "data: seven"]          # the cut: no blank line after 7
+    events = list(_parse_lines(iter(lines), state))
+    assert [e.data for e in events] == ["six"] and state["id"] == "6"

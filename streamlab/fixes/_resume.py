@@ -74,6 +74,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterable, AsyncIterator, Callable, Iterator, Mapping
 
+from .._sse import parse_block
 from .._timescale import to_real
 
 __all__ = ["StoredEvent", "EventStore", "InMemoryStore", "RedisStore", "ResumableRuns", "resume_stream",
@@ -562,27 +563,27 @@ class ResumableStream:
 
 
 def _parse_lines(lines: Iterator[str], state: dict) -> Iterator[SSEEvent]:
-    """The SSE parsing algorithm (WHATWG): dispatch on a blank line; an unfinished event is dropped."""
-    data: list[str] = []
-    event, own_id = "", None
+    """The SSE parsing algorithm (WHATWG) on the package's block parser (``streamlab._sse``).
+
+    An event is dispatched at its blank line, and only then does its ``id`` become the
+    last event id that a reconnect sends: an event cut before its blank line is dropped
+    *and its id with it*, so the server replays it. ``retry:`` applies as soon as it is read.
+    """
+    block: list[str] = []
     for line in lines:
-        if line == "":
-            if data:
-                yield SSEEvent(own_id, event or "message", "\n".join(data))
-            data, event, own_id = [], "", None
+        if line != "":
+            block.append(line)
             continue
-        if line.startswith(":"):
+        if not block:
             continue
-        name, _, value = line.partition(":")
-        value = value[1:] if value.startswith(" ") else value
-        if name == "data":
-            data.append(value)
-        elif name == "event":
-            event = value
-        elif name == "id" and "\0" not in value:
-            state["id"] = own_id = value or None
-        elif name == "retry" and value.isdigit():
-            state["retry"] = int(value) / 1000
+        parsed = parse_block("\n".join(block))
+        block = []
+        if parsed.retry is not None:
+            state["retry"] = parsed.retry / 1000
+        if parsed.id is not None:
+            state["id"] = parsed.id or None
+        if parsed.data is not None:
+            yield SSEEvent(state["id"] if parsed.id is not None else None, parsed.event or "message", parsed.data)
 
 
 def resume_stream(url: str, *, last_event_id: str | None = None, max_reconnects: int = 10, retry: float = 0.5,
