@@ -309,8 +309,8 @@ table(["lesson", "count", "cells"], [
 
 # %% [markdown]
 # And the frameworks: the same faults read by LangChain and LangGraph behave like the SDK under them,
-# with one difference in `stream_off` (a non-streamed LangChain answer cut short has no
-# `finish_reason` to miss, and the recorder takes it as whole):
+# `stream_off` included (a non-streamed answer cut short comes back without a `finish_reason`, which
+# the recorder names `silent truncation` for the SDK and the frameworks alike):
 
 # %%
 fw = [r for r in rows if r["client"] in (matrix.LANGCHAIN, matrix.LANGGRAPH)
@@ -382,8 +382,8 @@ for r in rows:
     if r["fix"] != "none" and whole and before not in (None, "complete"):
         saved[r["fix"]] += 1
 print(dict(sorted(saved.items())))
-# Without the token check, stream_off would score: LangChain's non-streamed answer cut at 12 of 40
-# has no finish_reason to miss and looks complete. With it, stream_off saves nothing.
+# stream_off saves nothing: a non-streamed answer cut at 12 of 40 comes back without a finish_reason
+# (silent truncation), and the token check would catch it even if it did not.
 
 # %% [markdown]
 # Clean up: every server stops here (and at kernel exit).

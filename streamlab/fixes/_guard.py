@@ -29,7 +29,7 @@ message chunks (``ChatOpenAI.stream``/``astream``) and LangGraph's ``messages``
 stream mode, through the recorder's ``inspect_chunk``. The usage check counts
 chunks that carry content, which is one token per chunk on OpenAI-compatible
 servers (and on the streamlab mock); pass ``check_usage=False`` for a server
-that batches tokens. To be taught in notebooks/06_fixes (not written yet).
+that batches tokens. Taught in notebooks/06_fixes.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ thinking. What it cannot cure: a hop that limits
 the *whole* request (an API gateway's deadline, a serverless time limit), a hop
 that holds the bytes back (buffering of a non-chunked body, gzip on
 ``text/event-stream``: the pings are held with the rest), and a model that
-stops. (To be taught in notebooks/06_fixes, not written yet.)
+stops. Taught in notebooks/06_fixes.
 
 Intervals are scenario seconds (``streamlab.time_scale``). 15 s is sse-starlette's
 default; pick one below the smallest idle limit on the path (60 s nginx and ALB,
