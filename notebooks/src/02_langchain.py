@@ -47,8 +47,8 @@ from langchain_openai import ChatOpenAI
 import streamlab as sl
 from streamlab import Abort, Balancer, Gunicorn, HTTPStream, Uvicorn, hops, proxy_for
 from streamlab.faults import Stall
-from streamlab.frameworks.langchain import (TERMINATION, HealthProbe, endpoint, first_bytes, quiet, record_json,
-                                            record_sse, timeout_defaults, together)
+from streamlab.frameworks.langchain import (TERMINATION, HealthProbe, chunk_timeouts, endpoint, first_bytes, quiet,
+                                            record_json, record_sse, timeout_defaults, together)
 
 print(sl.require(langchain_openai="1.7.3", langchain_core="1.7.2", openai="2.54.0", httpx="0.28.1",
                  fastapi="0.165.0", sse_starlette="3.7.0", uvicorn="0.54.0", gunicorn="27.0.1",
@@ -723,13 +723,16 @@ chunk_timeout_llm = ChatOpenAI(model="streamlab-mock", base_url=stalled, api_key
 timeout_30_llm = ChatOpenAI(model="streamlab-mock", base_url=stalled, api_key="unused",
                             timeout=30 * sl.current_time_scale(), max_retries=0)
 PROMPT = "Summarize the claim"
-runs = await asyncio.gather(
-    asyncio.to_thread(sl.record, lambda: defaults_llm.stream(PROMPT), expected=20, label="stream(), defaults"),
-    sl.arecord(lambda: chunk_timeout_llm.astream(PROMPT), expected=20, label="astream(), chunk timeout 120 s"),
-    asyncio.to_thread(sl.record, lambda: timeout_30_llm.stream(PROMPT), expected=20, label="stream(), timeout=30"),
-    sl.arecord(lambda: timeout_30_llm.astream(PROMPT), expected=20, label="astream(), timeout=30"))
+with chunk_timeouts() as fired:  # langchain_openai's own warning, as a line here instead of bare stderr
+    runs = await asyncio.gather(
+        asyncio.to_thread(sl.record, lambda: defaults_llm.stream(PROMPT), expected=20, label="stream(), defaults"),
+        sl.arecord(lambda: chunk_timeout_llm.astream(PROMPT), expected=20, label="astream(), chunk timeout 120 s"),
+        asyncio.to_thread(sl.record, lambda: timeout_30_llm.stream(PROMPT), expected=20,
+                          label="stream(), timeout=30"),
+        sl.arecord(lambda: timeout_30_llm.astream(PROMPT), expected=20, label="astream(), timeout=30"))
 for run in runs[1:]:
-    print(f"{run.label}: {run.error_class}: {run.error}")
+    print(f"{run.label}: {run.error_text}")
+print(*fired, sep="\n")
 sl.table(runs)
 
 # %% [markdown]

@@ -182,8 +182,9 @@ print("\nits request body:", {k: body.get(k) for k in ("model", "stream", "strea
 # timeout, and a stall that never ends; and under a body that ends with its `finish_reason` but without
 # `data: [DONE]`. `kickoff` below is the whole harness: it awaits the crew, records what came back, and counts
 # the model requests and what CrewAI's events said about each LLM call. A crew hands back its answer in
-# one piece, so the outcome reads `complete` when `kickoff` returned and `error before stream` when it
-# raised; `tokens` counts the words of what it returned.
+# one piece, so the outcome reads `complete` when `kickoff` returned, and when it raised `http error`
+# (a status such as 500) or `error before stream` (no response at all); `tokens` counts the words of
+# what it returned.
 
 # %%
 async def kickoff(label, crew, expected):
