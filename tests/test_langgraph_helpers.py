@@ -141,3 +141,41 @@ def test_stream_restores_what_happened_when_the_reader_loop_closed_under_it():
     assert list(lg.Stream(Racing())) == ["data: {'m': {'answer': 'ok'}}\n\n"]
     with pytest.raises(httpx.RemoteProtocolError):
         list(lg.Stream(Racing(httpx.RemoteProtocolError("incomplete chunked read"))))
+
+
+def test_the_stream_tracers_keep_their_lines(monkeypatch):
+    """apps._common.traced (tokens) and the LangGraph app's _logged (events) are one tracer; the lines
+    the notebooks grep and print stay as they were."""
+    import asyncio
+
+    from streamlab.apps import _common
+    from streamlab.frameworks import _langgraph_app
+
+    lines: list[str] = []
+    record = lambda rid, route, message: lines.append(f"rid={rid} {route} {message}")
+    monkeypatch.setattr(_common, "log", record)
+    monkeypatch.setattr(_langgraph_app, "log", record)
+    monkeypatch.setenv("STREAMLAB_LOG_TOKENS", "1")
+
+    class Event:
+        def __init__(self, data):
+            self.data = data
+
+    async def items(*values):
+        for value in values:
+            yield value
+
+    async def main():
+        assert [t async for t in _common.traced("r1", "/sse", items("a", "b"))] == ["a", "b"]
+        assert len([e async for e in _langgraph_app._logged("r2", "/graph", items(Event("x"), Event("y")))]) == 2
+        stream = _langgraph_app._logged("r3", "/graph", items(Event("x"), Event("y")))
+        await stream.__anext__()
+        await stream.aclose()
+
+    asyncio.run(main())
+    assert lines == ["rid=r1 /sse start", "rid=r1 /sse token 0 'a'", "rid=r1 /sse token 1 'b'",
+                     "rid=r1 /sse done 2 tokens",
+                     "rid=r2 /graph start", "rid=r2 /graph emit 0 'x'", "rid=r2 /graph emit 1 'y'",
+                     "rid=r2 /graph end after 2 events",
+                     "rid=r3 /graph start", "rid=r3 /graph emit 0 'x'",
+                     "rid=r3 /graph STREAM CLOSED (GeneratorExit) after 1 events"]

@@ -35,7 +35,7 @@ import re
 import sys
 from contextlib import asynccontextmanager
 from functools import lru_cache
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, AsyncIterator, Callable, Iterator
 
 from .._sse import format_event
 from .._timescale import to_real
@@ -139,31 +139,37 @@ def sse_ping() -> float:
     return to_real(SSE_PING)
 
 
-async def traced(rid: str, route: str, tokens: AsyncIterator[str]) -> AsyncIterator[str]:
+async def traced(rid: str, route: str, tokens: AsyncIterator[Any], *, unit: str = "tokens",
+                 each: Callable[[int, Any], None] | None = None, end: str = "done {n} {unit}") -> AsyncIterator[Any]:
     """Pass tokens through, logging each one, the end, and how the stream stopped.
 
     ``asyncio.CancelledError`` is what a Starlette/sse-starlette stream sees when
     the client went away (``DisconnectLog`` logs that on its own line) and also
     when sse-starlette ends its streams because the server is shutting down;
     ``GeneratorExit`` is what a generator sees when it is closed unfinished.
+    ``unit`` names what passes in the lines, ``each(n, item)`` logs one (default:
+    ``log_token``), ``end`` is the last line (the LangGraph app traces "events").
     """
     n = 0
     log(rid, route, "start")
     try:
-        async for text in tokens:
-            log_token(rid, route, n, text)
+        async for item in tokens:
+            if each is None:
+                log_token(rid, route, n, item)
+            else:
+                each(n, item)
             n += 1
-            yield text
+            yield item
     except asyncio.CancelledError:
-        log(rid, route, f"STREAM CANCELLED (CancelledError) after {n} tokens")
+        log(rid, route, f"STREAM CANCELLED (CancelledError) after {n} {unit}")
         raise
     except GeneratorExit:
-        log(rid, route, f"STREAM CLOSED (GeneratorExit) after {n} tokens")
+        log(rid, route, f"STREAM CLOSED (GeneratorExit) after {n} {unit}")
         raise
     except Exception as exc:
-        log(rid, route, f"ERROR {type(exc).__name__}: {exc} after {n} tokens")
+        log(rid, route, f"ERROR {type(exc).__name__}: {exc} after {n} {unit}")
         raise
-    log(rid, route, f"done {n} tokens")
+    log(rid, route, end.format(n=n, unit=unit))
 
 
 class DisconnectLog:

@@ -4,7 +4,6 @@ Re-exported by ``streamlab.frameworks.langgraph``; ``uvicorn --factory
 streamlab.frameworks.langgraph:create_app`` serves it (the routes are listed there).
 """
 
-import asyncio
 import inspect
 import json
 import os
@@ -12,7 +11,7 @@ import re
 import textwrap
 from typing import Any, AsyncIterator, Iterable, Iterator
 
-from ..apps._common import log
+from ..apps._common import log, traced
 from .._timescale import to_real
 from ._langgraph_graphs import (_JOBS, _graphs, article_graph, bad_node, build_graph, call_model, fast_node,
                                 good_node, llm, loop_graph, open_ticket, slow_node)
@@ -52,26 +51,10 @@ async def token_events(graph, payload: dict, config: dict):
 
 def _logged(rid: str, route: str, events: AsyncIterator[Any]) -> AsyncIterator[Any]:
     """Pass events through, logging each one and how the stream ended (debugging step 1)."""
-    async def gen():
-        n = 0
-        log(rid, route, "start")
-        try:
-            async for event in events:
-                log(rid, route, f"emit {n} {str(getattr(event, 'data', event))[:70]!r}")
-                n += 1
-                yield event
-        except asyncio.CancelledError:
-            log(rid, route, f"STREAM CANCELLED (CancelledError) after {n} events")
-            raise
-        except GeneratorExit:
-            log(rid, route, f"STREAM CLOSED (GeneratorExit) after {n} events")
-            raise
-        except Exception as exc:
-            log(rid, route, f"ERROR {type(exc).__name__}: {exc} after {n} events")
-            raise
-        log(rid, route, f"end after {n} events")
+    def each(n: int, event: Any) -> None:
+        log(rid, route, f"emit {n} {str(getattr(event, 'data', event))[:70]!r}")
 
-    return gen()
+    return traced(rid, route, events, unit="events", each=each, end="end after {n} events")
 
 
 def _logged_sync(rid: str, route: str, events: Iterable[Any]) -> Iterator[Any]:
