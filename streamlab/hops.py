@@ -78,7 +78,7 @@ import re
 import zlib
 from collections import deque
 from dataclasses import MISSING, dataclass, fields, replace
-from typing import Any, AsyncIterator, ClassVar
+from typing import Any, AsyncIterator, Callable, ClassVar
 
 from ._hopbase import (REGISTRY, Abort, End, Exchange, Fault, Head, Noop, Rule, error_page, pace, register)
 from ._timescale import to_real
@@ -158,6 +158,20 @@ class Timer(Fault):
                        tail=sse_error_event(f"{self.setting}: {after}", code=self.name))
         return Abort(after, reset=self.action == "reset", fault=self.name)
 
+    def _idle_timer(self, items: AsyncIterator[Any], ex: Exchange, before: str, after: str, *,
+                    phases: Callable[[int], bool] = lambda phase: True, **response: Any) -> AsyncIterator[Any]:
+        """``seconds`` of silence allowed, counted afresh at every read in the ``phases`` it watches."""
+        limit = to_real(self.seconds)
+        return pace(items, ex, deadline=lambda phase, now: now + limit if phases(phase) else None,
+                    expire=lambda phase: self.expired(phase, before, after, **response))
+
+    def _total_timer(self, items: AsyncIterator[Any], ex: Exchange, before: str, after: str,
+                     **response: Any) -> AsyncIterator[Any]:
+        """``seconds`` in all, counted from the connection's opening."""
+        until = ex.t_open + to_real(self.seconds)
+        return pace(items, ex, deadline=lambda phase, now: until,
+                    expire=lambda phase: self.expired(phase, before, after, **response))
+
 
 def with_action(faults: Any, action: str) -> list[Any]:
     """The same faults (or Rules) with every timer's ``action`` set to ``action``."""
@@ -202,10 +216,8 @@ class ReadTimeout(Timer):
     stage: ClassVar[int] = 10
 
     def pipe(self, items: AsyncIterator[Any], ex: Exchange) -> AsyncIterator[Any]:
-        limit = to_real(self.seconds)
-        return pace(items, ex, deadline=lambda phase, now: now + limit if phase >= 2 else None,
-                    expire=lambda phase: self.expired(phase, f"{_TIMED_OUT} while reading response header "
-                                                      "from upstream", f"{_TIMED_OUT} while reading upstream"))
+        return self._idle_timer(items, ex, f"{_TIMED_OUT} while reading response header from upstream",
+                                f"{_TIMED_OUT} while reading upstream", phases=lambda phase: phase >= 2)
 
 
 @register
@@ -224,10 +236,8 @@ class UpstreamSendTimeout(Timer):
     stage: ClassVar[int] = 10
 
     def pipe(self, items: AsyncIterator[Any], ex: Exchange) -> AsyncIterator[Any]:
-        limit = to_real(self.seconds)
-        return pace(items, ex, deadline=lambda phase, now: now + limit if phase == 1 else None,
-                    expire=lambda phase: self.expired(phase, f"{_TIMED_OUT} while sending request to upstream",
-                                                      f"{_TIMED_OUT} while sending request to upstream"))
+        return self._idle_timer(items, ex, f"{_TIMED_OUT} while sending request to upstream",
+                                f"{_TIMED_OUT} while sending request to upstream", phases=lambda phase: phase == 1)
 
 
 @register
@@ -267,11 +277,8 @@ class IdleTimeout(Timer):
     stage: ClassVar[int] = 10
 
     def pipe(self, items: AsyncIterator[Any], ex: Exchange) -> AsyncIterator[Any]:
-        limit = to_real(self.seconds)
-        return pace(items, ex, deadline=lambda phase, now: now + limit,
-                    expire=lambda phase: self.expired(phase, "load balancer idle timeout",
-                                                      "load balancer idle timeout: connection closed",
-                                                      body=error_page(504, "awselb/2.0")))
+        return self._idle_timer(items, ex, "load balancer idle timeout",
+                                "load balancer idle timeout: connection closed", body=error_page(504, "awselb/2.0"))
 
 
 @register
@@ -291,12 +298,9 @@ class Deadline(Timer):
     stage: ClassVar[int] = 10
 
     def pipe(self, items: AsyncIterator[Any], ex: Exchange) -> AsyncIterator[Any]:
-        until = ex.t_open + to_real(self.seconds)
-        return pace(items, ex, deadline=lambda phase, now: until,
-                    expire=lambda phase: self.expired(phase, "gateway deadline: endpoint request timed out",
-                                                      "gateway deadline: response cut",
-                                                      body=b'{"message": "Endpoint request timed out"}',
-                                                      content_type="application/json"))
+        return self._total_timer(items, ex, "gateway deadline: endpoint request timed out",
+                                 "gateway deadline: response cut", body=b'{"message": "Endpoint request timed out"}',
+                                 content_type="application/json")
 
 
 @register
@@ -315,13 +319,10 @@ class KillAfter(Timer):
     stage: ClassVar[int] = 10
 
     def pipe(self, items: AsyncIterator[Any], ex: Exchange) -> AsyncIterator[Any]:
-        until = ex.t_open + to_real(self.seconds)
-        return pace(items, ex, deadline=lambda phase, now: until,
-                    expire=lambda phase: self.expired(phase, "function killed at max duration",
-                                                      "function killed at max duration: stream cut",
-                                                      body=b"An error occurred with your deployment\n\n"
-                                                           b"FUNCTION_INVOCATION_TIMEOUT\n",
-                                                      content_type="text/plain; charset=utf-8"))
+        return self._total_timer(items, ex, "function killed at max duration",
+                                 "function killed at max duration: stream cut",
+                                 body=b"An error occurred with your deployment\n\nFUNCTION_INVOCATION_TIMEOUT\n",
+                                 content_type="text/plain; charset=utf-8")
 
 
 @register
@@ -351,12 +352,9 @@ class OriginReadTimeout(Timer):
     stage: ClassVar[int] = 10
 
     def pipe(self, items: AsyncIterator[Any], ex: Exchange) -> AsyncIterator[Any]:
-        limit = to_real(self.seconds)
-        return pace(items, ex, deadline=lambda phase, now: now + limit if phase >= 2 else None,
-                    expire=lambda phase: self.expired(phase, "origin did not answer within the proxy read timeout "
-                                                      "(Cloudflare 524)", "origin went silent: proxy read timeout",
-                                                      status=524, body=b"error code: 524",
-                                                      content_type="text/plain; charset=UTF-8"))
+        return self._idle_timer(items, ex, "origin did not answer within the proxy read timeout (Cloudflare 524)",
+                                "origin went silent: proxy read timeout", phases=lambda phase: phase >= 2,
+                                status=524, body=b"error code: 524", content_type="text/plain; charset=UTF-8")
 
 
 _GFE_502 = (b"<!DOCTYPE html>\n<html lang=en>\n  <meta charset=utf-8>\n  <title>Error 502 (Server Error)!!1</title>\n"
