@@ -14,9 +14,7 @@ Time runs at 1/100: a 30 s timeout takes 0.3 s.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -29,7 +27,7 @@ from streamlab._nginx import nginx_available
 from streamlab._proxy import Proxy
 from streamlab._servers import ThreadedASGIServer
 from streamlab._timescale import time_scale, to_real
-from test_proxy import SSEUpstream, leftover_nginx, observe
+from test_proxy import CLI_ENV, CLI_PROXY, SSEUpstream, cli_proxy, leftover_nginx, observe
 
 ROOT = Path(__file__).resolve().parent.parent
 SCALE = 0.01
@@ -171,24 +169,14 @@ def test_action_is_a_validated_setting_of_every_timer_and_round_trips_through_th
 
 
 def test_cli_on_timeout_end_rearms_the_profiles_timers(upstream, client):
-    cmd = [sys.executable, "-m", "streamlab._cli_proxy", "--upstream", upstream.url, "--profile", "cloudflare",
-           "--on-timeout", "end", "--time-scale", str(SCALE)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        line = proc.stdout.readline()
-        assert "listening on http://127.0.0.1:" in line, line + proc.stderr.read()
-        url = line.split("listening on ")[1].split()[0]
+    with cli_proxy("--upstream", upstream.url, "--profile", "cloudflare", "--on-timeout", "end",
+                   "--time-scale", str(SCALE)) as (proc, url):
         assert proc.stdout.readline().strip() == "faults: origin_read_timeout=100:action=end"
         seen = observe(client, url + "/sse?n=8&interval=5&stall_at=2")  # 100 s of silence after 2 events
-    finally:
-        proc.terminate()
-        code = proc.wait(10)
-    assert code == 0
     assert seen.outcome == "complete" and seen.data == [b"data: 0 ", b"data: 1 "] and not seen.done
     assert to_real(100) * 0.9 < seen.ended_at < to_real(100) + 1.5
-    refused = subprocess.run([*cmd[:5], "--engine", "nginx", "--on-timeout", "end"], cwd=ROOT, env=env,
-                             capture_output=True, text=True, timeout=30)
+    refused = subprocess.run([*CLI_PROXY, "--upstream", upstream.url, "--engine", "nginx", "--on-timeout", "end"],
+                             cwd=ROOT, env=CLI_ENV, capture_output=True, text=True, timeout=30)
     assert refused.returncode == 2 and "real nginx can only cut" in refused.stderr
 
 

@@ -10,11 +10,7 @@ The upstream is the mock model or the scripted SSE app of ``tests/test_proxy.py`
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import openai
@@ -26,9 +22,8 @@ from streamlab._nginx import nginx_available
 from streamlab._proxy import Proxy
 from streamlab._servers import ThreadedASGIServer
 from streamlab._timescale import time_scale, to_real
-from test_proxy import SSEUpstream, leftover_nginx, observe
+from test_proxy import SSEUpstream, cli_proxy, leftover_nginx, observe
 
-ROOT = Path(__file__).resolve().parent.parent
 SCALE = 0.01
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
 
@@ -227,14 +222,7 @@ def test_every_profile_works_from_python_with_its_documented_defaults():
 
 
 def test_cli_profile_names_a_product_and_its_durations_scale_with_time_scale(mock):
-    cmd = [sys.executable, "-m", "streamlab._cli_proxy", "--upstream", mock.url, "--profile", "heroku",
-           "--time-scale", str(SCALE)]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
-    try:
-        line = proc.stdout.readline()
-        assert "listening on http://127.0.0.1:" in line, line + proc.stderr.read()
-        url = line.split("listening on ")[1].split()[0]
+    with cli_proxy("--upstream", mock.url, "--profile", "heroku", "--time-scale", str(SCALE)) as (proc, url):
         assert proc.stdout.readline().strip() == "faults: router_timeout=30"
         sdk = openai.OpenAI(base_url=url + "/s/slowheaders=40/v1", api_key="unused", max_retries=0)
         with pytest.raises(openai.APIStatusError) as info:
@@ -242,7 +230,4 @@ def test_cli_profile_names_a_product_and_its_durations_scale_with_time_scale(moc
         t0 = time.perf_counter()  # timed again with a client that has nothing to build
         late = httpx.post(url + "/s/slowheaders=40/v1/chat/completions", json=BODY, timeout=10)
         took = time.perf_counter() - t0
-    finally:
-        proc.terminate()
-        code = proc.wait(10)
-    assert code == 0 and info.value.status_code == 503 and late.status_code == 503 and near(took, 30)
+    assert info.value.status_code == 503 and late.status_code == 503 and near(took, 30)

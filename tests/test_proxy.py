@@ -9,6 +9,7 @@ socket; its query string scripts the stream, so faults fire at known moments.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import socket
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -260,6 +262,26 @@ def dechunk(raw: bytes) -> tuple[bytes, bool]:
             return bytes(body), False
         rest = rest[size + 2:]
     return bytes(body), False
+
+
+CLI_ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+CLI_PROXY = [sys.executable, "-m", "streamlab._cli_proxy"]
+
+
+@contextlib.contextmanager
+def cli_proxy(*args: str) -> Iterator[tuple[subprocess.Popen, str]]:
+    """``python -m streamlab._cli_proxy ARGS`` for the block: yields the process (its stdout at the line
+    after "listening on") and the URL it listens on; SIGTERMed after the block, it must exit with 0."""
+    proc = subprocess.Popen([*CLI_PROXY, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=CLI_ENV)
+    try:
+        line = proc.stdout.readline()
+        assert "listening on http://127.0.0.1:" in line, line + proc.stderr.read()
+        yield proc, line.split("listening on ")[1].split()[0]
+    finally:
+        proc.terminate()
+        code = proc.wait(10)
+    assert code == 0
 
 
 def leftover_nginx() -> list[psutil.Process]:
@@ -733,24 +755,14 @@ def test_proxy_for_says_which_proxy_it_is(upstream, monkeypatch):
 
 
 def test_cli_in_front_of_an_arbitrary_server(upstream, client):
-    cmd = [sys.executable, "-m", "streamlab._cli_proxy", "--upstream", upstream.url, "--profile", "nginx",
-           "--read-timeout", "30", "--time-scale", "0.01"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
-    try:
-        line = proc.stdout.readline()
-        assert "listening on http://127.0.0.1:" in line, line + proc.stderr.read()
-        url = line.split("listening on ")[1].split()[0]
+    with cli_proxy("--upstream", upstream.url, "--profile", "nginx", "--read-timeout", "30",
+                   "--time-scale", "0.01") as (proc, url):
         assert "read_timeout=30," in proc.stdout.readline()
         ok = observe(client, url + "/sse?n=3&interval=5")
         cut = observe(client, url + "/sse?n=8&interval=5&stall_at=2")
-    finally:
-        proc.terminate()
-        code = proc.wait(10)
     assert ok.outcome == "complete" and cut.outcome == "cut" and len(cut.events) == 2
-    assert code == 0
-    bad = subprocess.run([*cmd[:5], "--fault", "nosuch=1"], cwd=ROOT, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=30)
+    bad = subprocess.run([*CLI_PROXY, "--upstream", upstream.url, "--fault", "nosuch=1"], cwd=ROOT,
+                         capture_output=True, text=True, env=CLI_ENV, timeout=30)
     assert bad.returncode == 2 and "unknown hop fault 'nosuch'" in bad.stderr
 
 
