@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import sys
+from pathlib import Path
 
 __all__ = ["require"]
 
@@ -30,7 +31,18 @@ def require(**pinned: str) -> str:
         if have != version:
             wrong.append(f"{dist}: {have}, expected {version}")
     if wrong:
-        raise VersionMismatch("; ".join(wrong) + f". This kernel runs {sys.executable}. Run `python3 tools/install.py` "
+        raise VersionMismatch("; ".join(wrong) + f". This kernel runs {_interpreter()}. Run `python3 tools/install.py` "
                               "(pinned versions), then pick the kernel \"streamlab (.venv)\" (Kernel > Change "
                               "Kernel) and restart it.")
     return "versions as pinned: " + ", ".join(found)
+
+
+def _interpreter() -> str:
+    """The kernel's interpreter: ``.venv/bin/python`` (relative to the repository) when it is the
+    workbook's own venv, so a stored notebook output names no path of this machine; else the full path."""
+    root = Path(__file__).resolve().parent.parent
+    exe = Path(sys.executable)
+    try:
+        return str(exe.relative_to(root)) + " (the workbook's .venv)"
+    except ValueError:
+        return str(exe)
