@@ -4,9 +4,9 @@
 Creates ``.venv/`` at the repository root with Python 3.11, installs the exact
 versions in ``requirements.lock`` (stored notebook outputs depend on them) and
 streamlab itself (editable). When run as root on Debian/Ubuntu it also installs
-nginx and redis-server with apt-get, so the notebooks and tests can compare
-against the real thing; elsewhere streamlab falls back to its embedded proxy
-(and skips the Redis tests) and says so.
+nginx, redis-server and chromium with apt-get, so the notebooks and tests can
+compare against the real thing; elsewhere streamlab falls back to its embedded
+proxy (and skips the Redis and browser tests) and says so.
 
 It registers the venv's interpreter as the Jupyter kernel ``streamlab``
 ("streamlab (.venv)"), which every notebook names in its metadata (JupyterLab
@@ -94,6 +94,8 @@ def main() -> int:
                    "the embedded proxy stands in for it (install nginx to run the real-nginx checks)")
     system_package("redis-server", "redis-server", "the resumable-stream tests run on real Redis",
                    "the resumable-stream tests on Redis are skipped (install redis-server to run them)")
+    system_package("chromium", "chromium", "the browser tests and 05_incidents drive a real headless Chromium",
+                   "the browser tests are skipped and 05_incidents cannot run (install chromium)")
     step(f"done in {time.monotonic() - started:.0f} s. Test: .venv/bin/python -m pytest   "
          "Workbook: .venv/bin/jupyter lab notebooks/  (headless: add --no-browser)")
     return 0
