@@ -115,3 +115,112 @@ def test_recorder_names_a_guarded_silent_truncation_truncation_detected(mock):
     assert guarded.outcome == sl.Outcome.TRUNCATION_DETECTED
     assert guarded.error_class == "streamlab.IncompleteStream" and guarded.tokens == 12
     assert length.outcome == sl.Outcome.TRUNCATED_BY_LENGTH and length.error_class == "streamlab.LengthTruncation"
+
+
+# --------------------------------------------------------------------------- AutoGen and CrewAI (issue 12)
+
+AUTOGEN_INFO = {"vision": False, "function_calling": True, "json_output": False, "family": "unknown",
+                "structured_output": False}
+
+
+def _autogen(mock, spec=None, **settings):
+    sl.offline()
+    from autogen_ext.models.openai import OpenAIChatCompletionClient
+
+    return OpenAIChatCompletionClient(model="m", base_url=mock.base_url_for(spec) if spec else mock.base_url,
+                                      api_key="unused", model_info=AUTOGEN_INFO, **settings)
+
+
+def _autogen_create_stream(mock, spec=None, **settings):
+    from autogen_core.models import UserMessage
+
+    async def run():
+        client = _autogen(mock, spec, **settings)
+        try:
+            return [x async for x in guard(client.create_stream([UserMessage(content="hi", source="u")]))]
+        finally:
+            await client.close()
+
+    return asyncio.run(run())
+
+
+def test_guard_on_autogen_create_stream_reads_the_create_results_finish_reason(mock):
+    pytest.importorskip("autogen_ext.models.openai")
+    items = _autogen_create_stream(mock)
+    assert type(items[-1]).__name__ == "CreateResult" and items[-1].finish_reason == "stop"
+    assert sum(isinstance(x, str) for x in items) == 20
+    with pytest.raises(IncompleteStream, match="without a finish_reason") as info:
+        _autogen_create_stream(mock, "silent@9")  # AutoGen itself says finish_reason="unknown", no error
+    assert info.value.reason == "no finish_reason" and info.value.tokens == 9
+    with pytest.raises(LengthTruncation) as info:
+        _autogen_create_stream(mock, max_tokens=5)
+    assert info.value.tokens == 5
+    autogen_ok = asyncio.run(_allow_length(mock))
+    assert autogen_ok == 6  # 5 tokens and the CreateResult
+
+
+async def _allow_length(mock):
+    from autogen_core.models import UserMessage
+
+    client = _autogen(mock, max_tokens=5)
+    try:
+        return len([x async for x in guard(client.create_stream([UserMessage(content="hi", source="u")]),
+                                           allow_length=True)])
+    finally:
+        await client.close()
+
+
+def test_guard_on_autogen_run_stream_cannot_see_a_silent_truncation(mock):
+    # Pins the documented limitation: AssistantAgent keeps the CreateResult to itself; its events carry
+    # no finish_reason and models_usage reports 0 completion tokens (no usage chunk reaches the agent).
+    pytest.importorskip("autogen_agentchat")
+    from autogen_agentchat.agents import AssistantAgent
+
+    async def run(spec, **settings):
+        client = _autogen(mock, spec, **settings)
+        try:
+            agent = AssistantAgent("a", model_client=client, model_client_stream=True)
+            return [e async for e in guard(agent.run_stream(task="hi"))]
+        finally:
+            await client.close()
+
+    for spec, settings in (("silent@9", {}), (None, {"max_tokens": 5})):
+        events = asyncio.run(run(spec, **settings))  # no error: the truncation passes unnoticed
+        chunks = [e for e in events if type(e).__name__ == "ModelClientStreamingChunkEvent"]
+        final = events[-2]
+        assert type(events[-1]).__name__ == "TaskResult" and type(final).__name__ == "TextMessage"
+        assert len(chunks) == (9 if spec else 5)
+        assert final.models_usage.completion_tokens == 0
+        assert not any(hasattr(e, "finish_reason") for e in events)
+
+
+def _crew(mock, spec=None, *, max_tokens=None):
+    sl.offline()
+    crewai = pytest.importorskip("crewai")
+    llm = crewai.LLM(model="gpt-4o-mini", base_url=mock.base_url_for(spec) if spec else mock.base_url,
+                     api_key="unused", stream=True, max_tokens=max_tokens)
+    agent = crewai.Agent(role="Analyst", goal="Report", backstory="An analyst.", llm=llm)
+    task = crewai.Task(description="Write the report.", expected_output="A report.", agent=agent)
+    return crewai.Crew(agents=[agent], tasks=[task], stream=True)
+
+
+def test_guard_on_a_crewai_stream_judges_it_by_the_crews_usage(mock):
+    complete = guard(_crew(mock).kickoff())
+    assert sum(1 for c in complete if c.content) == 20  # no error
+    assert complete.result.token_usage.completion_tokens == 20
+    streaming = _crew(mock, "silent@9").kickoff()
+    with pytest.raises(IncompleteStream, match="no LLM call reported usage") as info:
+        _drain(guard(streaming))
+    assert info.value.reason == "no usage" and info.value.tokens == 9
+    assert streaming.result.token_usage.successful_requests == 0
+
+
+def test_guard_on_a_crewai_stream_cannot_see_a_length_cut(mock):
+    # Pins the documented limitation: StreamChunk has no finish_reason, and a length-capped answer
+    # reports usage that matches what was streamed, so it looks complete.
+    streaming = _crew(mock, max_tokens=5).kickoff()
+    assert _drain(guard(streaming)) == 5
+    assert streaming.result.token_usage.completion_tokens == 5
+    from crewai.types.streaming import StreamChunk
+
+    assert not any("finish" in field for field in StreamChunk.model_fields)

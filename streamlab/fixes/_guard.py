@@ -26,7 +26,23 @@ guard adds an error only where there was none.
 What it understands: openai SDK chunks (sync ``Stream`` and ``AsyncStream``),
 raw SSE text or bytes (``sl.sse_events``, httpx ``iter_lines``), LangChain
 message chunks (``ChatOpenAI.stream``/``astream``) and LangGraph's ``messages``
-stream mode, through the recorder's ``inspect_chunk``. The usage check counts
+stream mode, through the recorder's ``inspect_chunk``; and two frameworks' own streams:
+
+    AutoGen ``model_client.create_stream(...)`` (async): str tokens, then a ``CreateResult`` whose
+        ``finish_reason`` is "unknown" when the stream sent none (AutoGen raises nothing): the guard
+        treats "unknown" as no finish_reason (IncompleteStream) and "length" as LengthTruncation.
+    AutoGen ``AssistantAgent.run_stream``/``on_messages_stream``: NOT guardable. The agent keeps the
+        ``CreateResult`` to itself; ``ModelClientStreamingChunkEvent``, the final ``TextMessage``,
+        ``Response`` and ``TaskResult`` carry no finish_reason, and ``models_usage`` reports 0 completion
+        tokens against the mock (autogen-agentchat 0.7.5), so silent@9 and a length cut pass unnoticed
+        (pinned by a test). Guard the model client, or read ``streamlab.frameworks.autogen.finish_reasons()``.
+    CrewAI ``Crew(stream=True).kickoff()`` (``CrewStreamingOutput``): ``StreamChunk`` has no finish_reason
+        (crewai 1.15.30), so the guard judges the crew by ``.result.token_usage`` after the last chunk:
+        content but no reported usage (CrewAI asks for ``include_usage``; the usage chunk ends a complete
+        stream) is IncompleteStream(reason="no usage"); fewer chunks than completion_tokens is UsageMismatch.
+        A length cut is NOT detectable: its usage matches what was streamed (pinned by a test).
+
+The usage check counts
 chunks that carry content, which is one token per chunk on OpenAI-compatible
 servers (and on the streamlab mock); pass ``check_usage=False`` for a server
 that batches tokens. Taught in notebooks/06_fixes.
@@ -44,6 +60,10 @@ __all__ = ["guard", "IncompleteStream", "LengthTruncation", "UsageMismatch"]
 
 
 def _usage_tokens(item: Any) -> int | None:
+    models_usage = getattr(item, "models_usage", None)  # AutoGen AgentChat message (0: not reported)
+    if models_usage is not None:
+        value = getattr(models_usage, "completion_tokens", None)
+        return value if isinstance(value, int) and value > 0 else None
     usage = getattr(item, "usage", None)
     if usage is not None:
         value = getattr(usage, "completion_tokens", None)
@@ -79,8 +99,27 @@ class _Watch:
         self.done = False
         self.raw = False
         self.usage: int | None = None
+        self.strs = 0          # non-empty str items: AutoGen create_stream tokens, or raw SSE text
+        self.crew = False      # a CrewAI CrewStreamingOutput: no finish_reason exists, judged by usage
 
     def see(self, item: Any) -> None:
+        name = type(item).__name__
+        if name == "CreateResult":  # AutoGen create_stream's last item: the str items before were tokens
+            reason = getattr(item, "finish_reason", None)
+            self.finish = None if reason in (None, "unknown") else str(reason)  # "unknown": none was sent
+            self.tokens = self.strs
+            self.strs = 0
+            self.raw = False
+            self.done = False
+            usage = _usage_tokens(item)
+            self.usage = usage if usage else None  # AutoGen reports 0 when the server sent no usage
+            return
+        if name == "StreamChunk":  # CrewAI: text (or tool call) pieces, never a finish_reason
+            if getattr(item, "content", None) and getattr(item, "tool_call", None) is None:
+                self.tokens += 1
+            return
+        if isinstance(item, str) and item:
+            self.strs += 1  # and judged as raw SSE below, unless a CreateResult follows
         info = inspect_chunk(item)
         if info.text:
             self.tokens += 1
@@ -95,8 +134,24 @@ class _Watch:
         if usage is not None:
             self.usage = usage
 
+    def see_crew_result(self, result: Any) -> None:
+        """CrewAI's ``CrewOutput``: its ``token_usage`` comes from the usage chunk that ends a stream."""
+        self.crew = True
+        metrics = getattr(result, "token_usage", None)
+        self.usage = getattr(metrics, "completion_tokens", None) if metrics is not None else None
+
     def verdict(self) -> None:
         seen = f"after {self.tokens} content chunks"
+        if self.crew:  # no finish_reason anywhere in CrewAI's stream: usage is the only witness
+            if self.tokens and not self.usage:
+                raise IncompleteStream(f"the crew streamed {self.tokens} content chunks but no LLM call reported "
+                                       f"usage (the usage chunk ends a complete stream): a silent truncation",
+                                       reason="no usage", tokens=self.tokens)
+            if self.check_usage and self.usage and self.tokens < self.usage:
+                raise UsageMismatch(f"usage says {self.usage} completion tokens, the stream delivered "
+                                    f"{self.tokens}", reason="usage mismatch", tokens=self.tokens,
+                                    usage_tokens=self.usage)
+            return
         if self.finish is None:
             raise IncompleteStream(f"the stream ended without a finish_reason {seen}: a silent truncation",
                                    reason="no finish_reason", tokens=self.tokens)
@@ -119,17 +174,22 @@ class _Guarded:
         self._source = source
         self._watch = watch
 
+    def _end(self) -> None:
+        if type(self._source).__name__ == "CrewStreamingOutput":
+            self._watch.see_crew_result(self._source.result)
+        self._watch.verdict()
+
     def __iter__(self) -> Iterator[Any]:
         for item in self._source:
             self._watch.see(item)
             yield item
-        self._watch.verdict()
+        self._end()
 
     async def _aiter(self) -> AsyncIterator[Any]:
         async for item in self._source:
             self._watch.see(item)
             yield item
-        self._watch.verdict()
+        self._end()
 
     def __aiter__(self) -> AsyncIterator[Any]:
         return self._aiter()
