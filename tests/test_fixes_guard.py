@@ -170,28 +170,42 @@ async def _allow_length(mock):
         await client.close()
 
 
-def test_guard_on_autogen_run_stream_cannot_see_a_silent_truncation(mock):
-    # Pins the documented limitation: AssistantAgent keeps the CreateResult to itself; its events carry
-    # no finish_reason and models_usage reports 0 completion tokens (no usage chunk reaches the agent).
-    pytest.importorskip("autogen_agentchat")
+def _run_stream(mock, spec=None, *, require_usage=False, **settings):
     from autogen_agentchat.agents import AssistantAgent
 
-    async def run(spec, **settings):
+    async def run():
         client = _autogen(mock, spec, **settings)
         try:
             agent = AssistantAgent("a", model_client=client, model_client_stream=True)
-            return [e async for e in guard(agent.run_stream(task="hi"))]
+            return [e async for e in guard(agent.run_stream(task="hi"), require_usage=require_usage)]
         finally:
             await client.close()
 
-    for spec, settings in (("silent@9", {}), (None, {"max_tokens": 5})):
-        events = asyncio.run(run(spec, **settings))  # no error: the truncation passes unnoticed
-        chunks = [e for e in events if type(e).__name__ == "ModelClientStreamingChunkEvent"]
-        final = events[-2]
-        assert type(events[-1]).__name__ == "TaskResult" and type(final).__name__ == "TextMessage"
-        assert len(chunks) == (9 if spec else 5)
-        assert final.models_usage.completion_tokens == 0
+    return asyncio.run(run())
+
+
+def test_guard_on_autogen_run_stream_sees_no_finish_reason_only_usage(mock):
+    # Pins the documented limitation: AssistantAgent keeps the CreateResult to itself; no event carries
+    # a finish_reason, so a silent truncation and a length cut pass a plain guard unnoticed.
+    pytest.importorskip("autogen_agentchat")
+    for spec, settings, chunks in (("silent@9", {}, 9), (None, {"max_tokens": 5}, 5)):
+        events = _run_stream(mock, spec, **settings)  # no error
+        assert type(events[-1]).__name__ == "TaskResult" and type(events[-2]).__name__ == "TextMessage"
+        assert sum(type(e).__name__ == "ModelClientStreamingChunkEvent" for e in events) == chunks
+        assert events[-2].models_usage.completion_tokens == 0  # no include_usage: AutoGen reports 0
         assert not any(hasattr(e, "finish_reason") for e in events)
+
+
+def test_guard_on_autogen_run_stream_with_usage_catches_a_silent_truncation_not_a_length_cut(mock):
+    pytest.importorskip("autogen_agentchat")
+    usage = {"stream_options": {"include_usage": True}}
+    complete = _run_stream(mock, require_usage=True, **usage)  # no error
+    assert complete[-2].models_usage.completion_tokens == 20
+    with pytest.raises(IncompleteStream, match="no usage report") as info:
+        _run_stream(mock, "silent@9", require_usage=True, **usage)
+    assert info.value.reason == "no usage" and info.value.tokens == 9
+    cut = _run_stream(mock, require_usage=True, max_tokens=5, **usage)  # no error: usage matches
+    assert cut[-2].models_usage.completion_tokens == 5
 
 
 def _crew(mock, spec=None, *, max_tokens=None):

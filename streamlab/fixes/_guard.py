@@ -31,11 +31,15 @@ stream mode, through the recorder's ``inspect_chunk``; and two frameworks' own s
     AutoGen ``model_client.create_stream(...)`` (async): str tokens, then a ``CreateResult`` whose
         ``finish_reason`` is "unknown" when the stream sent none (AutoGen raises nothing): the guard
         treats "unknown" as no finish_reason (IncompleteStream) and "length" as LengthTruncation.
-    AutoGen ``AssistantAgent.run_stream``/``on_messages_stream``: NOT guardable. The agent keeps the
-        ``CreateResult`` to itself; ``ModelClientStreamingChunkEvent``, the final ``TextMessage``,
-        ``Response`` and ``TaskResult`` carry no finish_reason, and ``models_usage`` reports 0 completion
-        tokens against the mock (autogen-agentchat 0.7.5), so silent@9 and a length cut pass unnoticed
-        (pinned by a test). Guard the model client, or read ``streamlab.frameworks.autogen.finish_reasons()``.
+    AutoGen ``AssistantAgent.run_stream``/``on_messages_stream``: no finish_reason reaches them. The
+        agent keeps the ``CreateResult`` to itself; ``ModelClientStreamingChunkEvent``, the final
+        ``TextMessage``, ``Response`` and ``TaskResult`` carry none (autogen-agentchat 0.7.5). Only usage
+        does: with ``OpenAIChatCompletionClient(..., stream_options={"include_usage": True})`` the final
+        message's ``models_usage.completion_tokens`` is the server's count, 0 when the usage chunk never
+        came. So ``guard(agent.run_stream(...), require_usage=True)`` catches silent@9 (reason "no usage");
+        without include_usage it passes unnoticed, and a length cut passes always (usage matches what was
+        streamed); all pinned by tests. For the finish_reason, guard the model client's ``create_stream``
+        or read ``streamlab.frameworks.autogen.finish_reasons()`` (AutoGen's event log).
     CrewAI ``Crew(stream=True).kickoff()`` (``CrewStreamingOutput``): ``StreamChunk`` has no finish_reason
         (crewai 1.15.30), so the guard judges the crew by ``.result.token_usage`` after the last chunk:
         content but no reported usage (CrewAI asks for ``include_usage``; the usage chunk ends a complete
@@ -90,8 +94,10 @@ def _usage_tokens(item: Any) -> int | None:
 class _Watch:
     """What the guard has seen so far, and the verdict at the end."""
 
-    def __init__(self, *, require_done: bool | None, allow_length: bool, check_usage: bool) -> None:
+    def __init__(self, *, require_done: bool | None, allow_length: bool, check_usage: bool,
+                 require_usage: bool = False) -> None:
         self.require_done = require_done
+        self.require_usage = require_usage
         self.allow_length = allow_length
         self.check_usage = check_usage
         self.tokens = 0
@@ -163,6 +169,10 @@ class _Watch:
         if self.finish == "length" and not self.allow_length:
             raise LengthTruncation(f"the answer was cut by the token budget (finish_reason 'length') {seen}",
                                    reason="length", tokens=self.tokens, finish=self.finish)
+        if self.require_usage and self.tokens and self.usage is None:
+            raise IncompleteStream(f"the stream delivered {self.tokens} content chunks but no usage report "
+                                   f"(the usage chunk ends a complete stream): a silent truncation",
+                                   reason="no usage", tokens=self.tokens, finish=self.finish)
         if self.check_usage and self.usage is not None and self.tokens < self.usage:
             raise UsageMismatch(f"usage says {self.usage} completion tokens, the stream delivered "
                                 f"{self.tokens}", reason="usage mismatch", tokens=self.tokens,
@@ -199,7 +209,7 @@ class _Guarded:
 
 
 def guard(stream: Any, *, require_done: bool | None = None, allow_length: bool = False,
-          check_usage: bool = True) -> Any:
+          check_usage: bool = True, require_usage: bool = False) -> Any:
     """Wrap a sync or async stream; iterate the result the way you iterated the stream.
 
     Args (keyword-only):
@@ -207,8 +217,11 @@ def guard(stream: Any, *, require_done: bool | None = None, allow_length: bool =
             swallow the marker, so their streams are judged by finish_reason).
         allow_length: let ``finish_reason: "length"`` pass (you asked for a short answer).
         check_usage: compare content chunks with ``usage.completion_tokens`` when sent.
+        require_usage: content without a usage report is ``IncompleteStream(reason="no usage")``; set it
+            when usage was asked for (``include_usage``) and the stream hides finish_reason
+            (AutoGen ``run_stream``). CrewAI streams always get this check (CrewAI asks for usage).
     """
     if not (hasattr(stream, "__iter__") or hasattr(stream, "__aiter__")):
         raise TypeError(f"guard() takes a stream (an iterable or async iterable), got {type(stream).__name__}")
     return _Guarded(stream, _Watch(require_done=require_done, allow_length=allow_length,
-                                   check_usage=check_usage))
+                                   check_usage=check_usage, require_usage=require_usage))
