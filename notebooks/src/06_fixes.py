@@ -18,8 +18,9 @@
 # 3. Resumable streams against a worker kill (streamlab, resume)
 # 4. Background runs and continuation after a cut (streamlab, background and continue)
 # 5. The fault x fix matrix
-# 6. Summary
-# 7. Exercises
+# 6. The frameworks' own mechanisms (LangGraph checkpointer, AutoGen state, CrewAI replay)
+# 7. Summary
+# 8. Exercises
 
 # %% [markdown]
 # ## 0. Setup
@@ -47,7 +48,7 @@ from streamlab.fixes import _matrix as matrix
 from streamlab.frameworks.langchain import record_sse
 
 print(sl.require(openai="2.54.0", httpx="0.28.1", langchain_openai="1.7.3", langgraph="1.2.22",
-                 uvicorn="0.54.0", gunicorn="27.0.1", redis="8.1.0"))
+                 autogen_agentchat="0.7.5", uvicorn="0.54.0", gunicorn="27.0.1", redis="8.1.0"))
 sl.offline()
 sl.time_scale(0.05)
 
@@ -332,7 +333,115 @@ table(["fault", "fix", "client", "outcome now", "tokens now", "same as the file"
       [(*c.key, c.outcome, c.tokens_received, s) for c, s in zip(fresh, same)])
 
 # %% [markdown]
-# ## 6. Summary
+# ## 6. The frameworks' own mechanisms (LangGraph checkpointer, AutoGen state, CrewAI replay)
+#
+# **The claim.** The frameworks have their own recovery: LangGraph checkpoints a thread after every
+# step (`durability="sync"|"async"|"exit"` on `stream`/`invoke` in langgraph 1.2.22) and resumes it
+# with `graph.stream(None, config)`; AutoGen saves and loads an agent's state (`save_state()` /
+# `load_state()`). Do they recover a stream cut mid-answer?
+#
+# **Broken, then measured.** A two-node LangGraph graph (`plan`, then `write`; each calls `ChatOpenAI`)
+# with an `InMemorySaver`: `plan` completes, `write` is cut at token 12, then the same thread resumes.
+# An AutoGen `AssistantAgent` (streaming) is cut at token 12, its state is saved, loaded into a new
+# agent, and the run goes on (`run_stream()` with no new task).
+
+# %%
+from typing import TypedDict
+
+from autogen_agentchat.agents import AssistantAgent
+from autogen_ext.models.openai import OpenAIChatCompletionClient
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.graph import END, START, StateGraph
+
+
+class Thread(TypedDict, total=False):
+    question: str
+    plan: str
+    text: str
+
+
+lg_llm = ChatOpenAI(base_url=mock.base_url, api_key="unused", model="m", max_retries=0, streaming=True)
+lg = StateGraph(Thread)
+lg.add_node("plan", lambda s: {"plan": lg_llm.invoke("plan " + s["question"]).content})
+lg.add_node("write", lambda s: {"text": lg_llm.invoke(s["question"]).content})
+for src, dst in ((START, "plan"), ("plan", "write"), ("write", END)):
+    lg.add_edge(src, dst)
+graph = lg.compile(checkpointer=InMemorySaver())
+lg_prompt, lg_shown = f"graph {uuid.uuid4().hex[:6]}", []
+lg_config = {"configurable": {"thread_id": lg_prompt}}
+
+
+def lg_run(inputs):
+    for msg, meta in graph.stream(inputs, lg_config, stream_mode="messages", durability="sync"):
+        if meta["langgraph_node"] == "write" and msg.content:
+            lg_shown.append(msg.content)
+
+
+with mock.script(None, Cut(at=12)):   # plan is clean, write is cut
+    try:
+        lg_run({"question": lg_prompt})
+    except Exception as exc:
+        print("LangGraph first run ->", type(exc).__name__,
+              "| next node in the checkpoint:", graph.get_state(lg_config).next)
+    lg_run(None)                        # resume the thread from its last checkpoint
+
+ag_prompt, ag_shown = f"autogen {uuid.uuid4().hex[:6]}", []
+INFO = {"vision": False, "function_calling": False, "json_output": False, "family": "unknown",
+        "structured_output": False}
+
+
+def ag_agent():
+    return AssistantAgent("writer", model_client_stream=True, model_client=OpenAIChatCompletionClient(
+        model="m", base_url=mock.base_url, api_key="unused", max_retries=0, model_info=INFO))
+
+
+async def ag_run(agent, task=None):
+    async for event in agent.run_stream(task=task):
+        if type(event).__name__ == "ModelClientStreamingChunkEvent":
+            ag_shown.append(event.content)
+
+
+async def ag_demo():
+    first = ag_agent()
+    try:
+        await ag_run(first, ag_prompt)
+    except Exception as exc:
+        print("AutoGen first run ->", type(exc).__name__)
+    saved = await first.save_state()
+    print("saved state:", [(m["type"], m["source"]) for m in saved["llm_context"]["messages"]])
+    second = ag_agent()
+    await second.load_state(saved)
+    await ag_run(second)
+
+with mock.script(Cut(at=12)):
+    await ag_demo()
+
+table(["mechanism", "tokens shown", "duplicates", "model runs of the cut call", "runs of the finished step"], [
+    ("LangGraph checkpointer, resume thread", len(lg_shown), matrix._duplicates(lg_shown), runs_for(lg_prompt),
+     f"plan: {runs_for('plan ' + lg_prompt)}"),
+    ("AutoGen save_state / load_state", len(ag_shown), matrix._duplicates(ag_shown), runs_for(ag_prompt), "-"),
+    ("streamlab ContinuedStream (section 4)", len(continued), matrix._duplicates(continued),
+     runs_for(cont_prompt), "-"),
+    ("streamlab BackgroundRun (section 4)", len(deltas), matrix._duplicates(deltas), runs_for(bg_prompt), "-"),
+])
+
+# %% [markdown]
+# **Verdict: reproduced.** Both mechanisms keep what was *finished*, never the cut answer. LangGraph's
+# checkpoint keeps the `plan` node (1 run), but resuming re-runs the whole `write` node: the model is
+# called again and the first 12 tokens stream twice (52 shown, 12 duplicates, 2 runs). That is with
+# `durability="sync"`, the strictest mode: a checkpoint is written per finished step, and a half-streamed
+# model call is not a step (`"async"` and `"exit"` write the same checkpoints later). AutoGen's saved
+# state holds the user message without the cut answer, so the loaded agent asks again: same 52/12/2.
+# streamlab's continuation shows 40 with 0 duplicates (its second request only asks for the rest), and
+# the background run calls the model once.
+#
+# CrewAI's `crew.replay(task_id)` is not run here: it replays from the task outputs of the last
+# `kickoff()`, which CrewAI writes to a SQLite file (`latest_kickoff_task_outputs.db`) in the user's data
+# directory, outside the repository. By that design a task cut mid-stream has no stored output, and
+# replay starts it again from the beginning (not measured).
+
+# %% [markdown]
+# ## 7. Summary
 
 # %%
 table(["fix", "verdict", "lesson"], [
@@ -341,14 +450,16 @@ table(["fix", "verdict", "lesson"], [
     ("3. resume", "reproduced", "worker kill, network drop, client abort: complete, 0 duplicates, 1 model run"),
     ("4. background / continue", "reproduced", "no token shown twice; background runs the model once"),
     ("idempotent (matrix)", "reproduced", "a balancer's retried POST runs the model once with a key, twice without"),
+    ("6. LangGraph checkpointer / AutoGen state", "reproduced",
+     "keep finished steps only; the cut call re-runs: 2 model runs, 12 tokens shown twice"),
     ("stream_off", "not a fix", "the same faults fail with less: a cut or stall loses the whole answer"),
 ])
 
 # %% [markdown]
-# Not in the matrix yet: the WebSocket transport, and the frameworks' own mechanisms (LangGraph's
-# checkpointer, CrewAI's task replay, AutoGen's state save/load).
+# Not in the matrix yet: the WebSocket transport, and the frameworks' own mechanisms (section 6 runs
+# LangGraph's checkpointer and AutoGen's state save/load once; CrewAI's task replay is not run).
 #
-# ## 7. Exercises
+# ## 8. Exercises
 #
 # **Exercise 1.** What is the longest heartbeat interval that still holds the stream through the 10 s
 # idle timeout of section 1? Try 9 s and 12 s.
