@@ -229,8 +229,12 @@ def nginx_conf(*, upstream: Any, port: int, rules: Iterable[Rule] = (), workdir:
                large_client_header_buffers: tuple[int, Any] = (4, "8k"), client_max_body_size: Any = "1m",
                proxy_buffer_size: Any = UNBUFFERED_RESPONSE_HEAD, host: str = "127.0.0.1",
                generation: int = 1, tls: tuple[str, str] | None = None, http2: bool = False,
-               websocket: bool = False) -> str:
+               websocket: bool = False, worker_connections: int = 1024) -> str:
     """The nginx.conf for these rules (see the module docstring). Pure: nothing is started.
+
+    ``worker_connections`` (an int >= 1, nginx's ``events`` setting, 1024 by default) caps
+    the open connections of the one worker, and nginx counts all of them: the listening socket, each client connection and each connection to
+    the upstream, so one proxied stream holds two.
 
     ``websocket=True`` writes what nginx needs to pass a WebSocket upgrade (its "WebSocket
     proxying" page): ``proxy_http_version 1.1``, ``proxy_set_header Upgrade $http_upgrade``
@@ -246,6 +250,7 @@ def nginx_conf(*, upstream: Any, port: int, rules: Iterable[Rule] = (), workdir:
     if http2 and tls is None:
         raise ValueError("http2 toward the client needs tls (browsers and httpx speak h2 over TLS only)")
     rules = tuple(rules)
+    connections = _worker_connections(worker_connections)
     count, size = large_client_header_buffers
     buffers = f"{int(count)} {_size(parse_size(size, 'large_client_header_buffers'))}"
     max_body = _size(parse_size(client_max_body_size, "client_max_body_size"))
@@ -268,7 +273,7 @@ def nginx_conf(*, upstream: Any, port: int, rules: Iterable[Rule] = (), workdir:
         "worker_processes 1;",
         "error_log stderr info;",
         f"pid {w}/nginx.pid;",
-        "events { worker_connections 1024; }",
+        f"events {{ worker_connections {connections}; }}",
         "http {",
         "    log_format streamlab '$msec $connection $status $bytes_sent $request_time "
         "$upstream_status \"$request\" \"$upstream_addr\" $server_protocol';",
@@ -308,6 +313,13 @@ def nginx_conf(*, upstream: Any, port: int, rules: Iterable[Rule] = (), workdir:
         lines.append("        }")
     lines += ["    }", "}", ""]
     return "\n".join(lines)
+
+
+def _worker_connections(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"worker_connections must be an int >= 1 (nginx counts the listening socket, "
+                         f"each client and each upstream connection), got {value!r}")
+    return value
 
 
 def nginx_upstream(pool: Any) -> tuple[list[str], str, list[str]]:
@@ -409,8 +421,10 @@ class NginxProxy(Configurable, Server):
                  large_client_header_buffers: tuple[int, Any] = (4, "8k"), client_max_body_size: Any = "1m",
                  proxy_buffer_size: Any = UNBUFFERED_RESPONSE_HEAD, record: bool = True, name: str = "nginx",
                  port: int = 0, host: str = "127.0.0.1", allow_non_loopback: bool = False,
-                 tls: bool = False, http2: bool = False, websocket: bool = False) -> None:
+                 tls: bool = False, http2: bool = False, websocket: bool = False,
+                 worker_connections: int = 1024) -> None:
         super().__init__()
+        self.worker_connections = _worker_connections(worker_connections)
         self.websocket = bool(websocket)  # pass WebSocket upgrades (nginx_conf(websocket=True))
         self.http2 = bool(http2)
         self.tls = bool(tls) or self.http2
@@ -477,6 +491,7 @@ class NginxProxy(Configurable, Server):
                                  client_max_body_size=self.client_max_body_size,
                                  proxy_buffer_size=self.proxy_buffer_size, host=self.host,
                                  generation=self.generation, http2=self.http2, websocket=self.websocket,
+                                 worker_connections=self.worker_connections,
                                  tls=(self.ca_path, self._key_path) if self.tls else None)
         path = os.path.join(self.workdir, "nginx.conf")
         with open(path + ".new", "w") as fh:
@@ -798,6 +813,7 @@ def proxy_for(*, upstream: Any, faults: Iterable[Any] = (), profile: str | None 
                            "the embedded proxy speaks plain HTTP/1.1 only")
     settings.pop("tls", None)
     settings.pop("http2", None)
+    settings.pop("worker_connections", None)  # nginx's own cap; the embedded proxy has none
     proxy = Proxy(upstream=upstream, faults=faults, profile=profile, **settings)
     proxy.kind = f"embedded proxy ({why})"
     return proxy
