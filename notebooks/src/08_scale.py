@@ -23,8 +23,10 @@
 # 5. A retried POST duplicates runs: proxy_next_upstream non_idempotent (nginx documentation)
 # 6. Many streams on Locust, and the full-size runs
 # 7. The debugging steps, under load (Aarons, LangChain scaling)
-# 8. Summary
-# 9. Exercises
+# 8. nginx's `worker_connections` (nginx documentation)
+# 9. A shared AutoGen client vs one per agent, at 200 concurrent runs (Aarons, AutoGen scaling)
+# 10. Summary
+# 11. Exercises
 
 # %% [markdown]
 # ## 0. Setup
@@ -363,7 +365,165 @@ print(f"POSTs sent in section 5: {asked}; model runs journaled: {ran}; extra run
 # app's blocked-loop line, the balancer's retries against the model's journal), and under load the
 # counts, not single lines, tell the causes apart.
 #
-# ## 8. Summary
+# ## 8. nginx's `worker_connections` (nginx documentation)
+#
+# **The claim.** nginx's `events { worker_connections N; }` is "the maximum number of simultaneous
+# connections that can be opened by a worker process", and it counts *all* connections, "not only
+# connections with clients": a proxied stream holds one toward the client and one toward the upstream.
+# streamlab writes 1024 unless you pass `NginxProxy(worker_connections=...)` (also `proxy_for` and
+# `NginxBalancer`). Here one nginx worker with `worker_connections=8` carries bursts of 1-second streams
+# from the one-process mock. The listening socket and the channel to nginx's master process take two of
+# the eight, which leaves room for (8 − 2) / 2 = 3 streams at once.
+#
+# **Broken:** more concurrent streams than `worker_connections` / 2. **Fixed:** fewer.
+
+# %%
+async def wc_stream(client, url):
+    """One streamed POST read to the end: "complete", "HTTP <status>", or "reset" (no HTTP response)."""
+    try:
+        async with client.stream("POST", url, json=BODY) as r:
+            async for _chunk in r.aiter_bytes():
+                pass
+            return "complete" if r.status_code == 200 else f"HTTP {r.status_code}"
+    except httpx.TransportError:
+        return "reset"
+
+
+async def wc_burst(n, url):
+    async def one():
+        async with httpx.AsyncClient(timeout=30) as c:
+            return await wc_stream(c, url)
+    return await asyncio.gather(*(one() for _ in range(n)))
+
+
+WC_LEVELS = (2, 3, 4, 6, 12)
+wc_results, wc_logged = {}, {}
+with sl.NginxProxy(upstream=single, worker_connections=8) as small_nginx:
+    print(next(line for line in small_nginx.config.splitlines() if "worker_connections" in line))
+    for n in WC_LEVELS:
+        before = len(small_nginx.log_lines("worker_connections are not enough"))
+        wc_results[n] = await wc_burst(n, small_nginx.url + "/v1/chat/completions")
+        wc_logged[n] = len(small_nginx.log_lines("worker_connections are not enough")) - before
+fit = (8 - 2) // 2
+table(["concurrent streams", "complete", "not complete", "nginx logged 'worker_connections are not enough'"],
+      [(n, sum(o == "complete" for o in r), sum(o != "complete" for o in r), "yes" if wc_logged[n] else "no")
+       for n, r in wc_results.items()])
+
+# %% [markdown]
+# How the streams past the limit failed (nginx answers a 500 when it accepted the client but has no
+# connection left for the upstream, and closes the client's connection before any response when it
+# has none left for the client either; which of the two each stream gets depends on timing):
+
+# %% tags=["nbval-ignore-output"]
+for n, r in wc_results.items():
+    print(n, "streams:", dict(sorted(collections.Counter(r).items())), "| log lines:", wc_logged[n])
+
+# %%
+print(f"complete = min(streams, {fit}) at every level:",
+      all(sum(o == "complete" for o in r) == min(n, fit) for n, r in wc_results.items()),
+      "| every other stream failed fast (500 or reset, none hung):",
+      all(o in ("complete", "HTTP 500", "reset") for r in wc_results.values() for o in r))
+
+# %% [markdown]
+# **Verdict**: *reproduced*: with `worker_connections=8` exactly 3 streams complete at any concurrency,
+# every stream past them fails at once (a 500 or a reset, nothing is queued) and nginx logs
+# "worker_connections are not enough". Size it at more than 2 × the streams in flight (plus the
+# listening sockets), and raise the open-file limit to match.
+#
+# ## 9. A shared AutoGen client vs one per agent, at 200 concurrent runs (Aarons, AutoGen scaling)
+#
+# **The claim.** Notebook 01 (section 4) tested "several `AssistantAgent`s sharing one model client race
+# under scale and cut streams" at 20 concurrent runs and did not reproduce it. Here the same at 200:
+# 200 `AssistantAgent`s with `model_client_stream=True`, each with its own task `ticket-NNN needs a
+# summary`, against the one-process mock in echo mode (each answer repeats its own task's words, so an
+# answer carrying another ticket number is cross-talk), once on one shared `OpenAIChatCompletionClient`
+# and once with a client per agent.
+#
+# **Broken (per the article):** one client for 200 agents. **Fixed:** one client per agent.
+
+# %%
+import re  # noqa: E402
+import time  # noqa: E402
+
+from autogen_agentchat.agents import AssistantAgent  # noqa: E402
+from autogen_ext.models.openai import OpenAIChatCompletionClient  # noqa: E402
+
+from streamlab.frameworks import autogen as slag  # noqa: E402
+
+AG_N = 200
+AG_URL = slag.url(single, echo=True)
+AG_INFO = {"vision": False, "function_calling": True, "json_output": False, "family": "unknown",
+           "structured_output": False}
+
+
+def ag_client():
+    return OpenAIChatCompletionClient(model="streamlab-mock", base_url=AG_URL, api_key="unused", model_info=AG_INFO)
+
+
+async def ag_ask(agent, i):
+    """One run with a 600 scenario-s timeout: its outcome ("complete", an error class, "hung") and text."""
+    try:
+        async with asyncio.timeout(600 * sl.current_time_scale()):
+            run = await sl.arecord(lambda: agent.run_stream(task=f"ticket-{i:03d} needs a summary",
+                                                            output_task_messages=False), expected=40)
+    except TimeoutError:
+        return "hung", ""
+    if run.error is not None:
+        return run.error_class, run.text
+    return ("complete" if run.outcome is sl.Outcome.COMPLETE else str(run.outcome)), run.text
+
+
+async def ag_variant(clients):
+    t0 = time.perf_counter()
+    runs = await asyncio.gather(*(ag_ask(AssistantAgent(f"agent_{i}", model_client=clients[i % len(clients)],
+                                                        model_client_stream=True), i) for i in range(AG_N)))
+    wall = time.perf_counter() - t0
+    for c in clients:
+        await c.close()
+    return runs, wall
+
+
+ag = {}
+with slag.model_requests(single) as made_shared:
+    t0 = time.perf_counter()
+    clients = [ag_client()]
+    ag["one shared client"] = (*await ag_variant(clients), time.perf_counter() - t0)
+with slag.model_requests(single) as made_own:
+    t0 = time.perf_counter()
+    clients = [ag_client() for _ in range(AG_N)]
+    build = time.perf_counter() - t0
+    ag["one client per agent"] = (*await ag_variant(clients), time.perf_counter() - t0)
+
+
+def ag_counts(runs):
+    complete = sum(o == "complete" for o, _ in runs)
+    mixed = sum(set(re.findall(r"ticket-[0-9]{3}", text)) != {f"ticket-{i:03d}"}
+                for i, (o, text) in enumerate(runs) if o == "complete")
+    return complete, AG_N - complete, mixed
+
+
+table(["variant", "complete", "other", "answers with another ticket (or none)", "model requests"],
+      [(name, *ag_counts(runs), len(made)) for (name, (runs, _w, _t)), made
+       in zip(ag.items(), (made_shared, made_own))])
+
+# %% tags=["nbval-ignore-output"]
+for name, (runs, wall, total) in ag.items():
+    print(f"{name:22}: 200 runs in {wall:.1f} s wall ({total:.1f} s with building the clients)")
+print(f"building 200 clients took {build:.1f} s (each one makes its own openai.AsyncOpenAI and httpx pool)")
+
+# %%
+same = all(ag_counts(runs) == (AG_N, 0, 0) for runs, _w, _t in ag.values())
+print("both variants: 200/200 complete, no cross-talk:", same)
+
+# %% [markdown]
+# **Verdict**: *not reproduced at 200 either*: one shared `OpenAIChatCompletionClient` completed all 200
+# concurrent streamed runs with every answer on its own ticket, the same as 200 clients. The price of
+# "one per agent" is building them: each client makes its own `AsyncOpenAI` and httpx pool, and 200 of
+# them took 5 to 11 s of CPU in the app's process on this machine, more than the 200 runs themselves
+# (a few seconds either way; the wall times above are volatile). What is not safe to share stays the
+# agent (notebook 01, section 4).
+#
+# ## 10. Summary
 
 # %%
 table(["pattern", "verdict", "lesson"], [
@@ -373,10 +533,12 @@ table(["pattern", "verdict", "lesson"], [
     ("4. sticky vs round robin", "partly", "one stream never moves; a client's next request does"),
     ("5. non_idempotent retries", "reproduced", "a retried POST is a second model run; use an idempotency key"),
     ("7. debugging steps", "reproduced", "count log lines per cause and compare them with the client's outcomes"),
+    ("8. nginx worker_connections", "reproduced", "each proxied stream takes 2 connections; past the limit streams fail at once (500/reset)"),
+    ("9. shared AutoGen client at 200 runs", "not reproduced", "one shared OpenAIChatCompletionClient is safe; 200 clients cost seconds to build"),
 ])
 
 # %% [markdown]
-# ## 9. Exercises
+# ## 11. Exercises
 #
 # **Exercise 1.** In section 3, what is the smallest `--limit-concurrency` at which the burst of 30 gets
 # no 503? Try it.
