@@ -343,7 +343,26 @@ class MockApp:
         await _respond(self, ex, faults, options)
 
     # -- the answer -------------------------------------------------------------
-class MockLLM(ThreadedASGIServer):
+class MockURLs:
+    """The URLs and headers that select a behaviour, for any server whose ``url`` is the mock's
+    (``MockLLM`` and ``MockCluster`` share them)."""
+
+    @property
+    def base_url(self) -> str:
+        """OpenAI base URL: ``http://127.0.0.1:PORT/v1``."""
+        return self.url + "/v1"
+
+    def base_url_for(self, *faults: "_faults.Fault | str", **options: Any) -> str:
+        """Base URL whose requests carry ``faults`` and ``options`` (for clients that only take a URL)."""
+        spec = _faults.to_spec(*faults, **options)
+        return f"{self.url}/s/{spec}/v1" if spec else self.base_url
+
+    def headers_for(self, *faults: "_faults.Fault | str", **options: Any) -> dict[str, str]:
+        """Request headers that select ``faults`` and ``options`` (for clients that take default headers)."""
+        return {HEADER: _faults.to_spec(*faults, **options)}
+
+
+class MockLLM(MockURLs, ThreadedASGIServer):
     """The mock model on a real loopback socket, in a background thread.
 
         with MockLLM(tokens=200, ttft=0.5, itl=0.02) as mock:      # scenario seconds
@@ -365,19 +384,6 @@ class MockLLM(ThreadedASGIServer):
         self.app_ = MockApp(**settings)
         super().__init__(self.app_, name="streamlab-mock")
 
-    @property
-    def base_url(self) -> str:
-        """OpenAI base URL: ``http://127.0.0.1:PORT/v1``."""
-        return self.url + "/v1"
-
-    def base_url_for(self, *faults: "_faults.Fault | str", **options: Any) -> str:
-        """Base URL whose requests carry ``faults`` and ``options`` (for clients that only take a URL)."""
-        spec = _faults.to_spec(*faults, **options)
-        return f"{self.url}/s/{spec}/v1" if spec else self.base_url
-
-    def headers_for(self, *faults: "_faults.Fault | str", **options: Any) -> dict[str, str]:
-        """Request headers that select ``faults`` and ``options`` (for clients that take default headers)."""
-        return {HEADER: _faults.to_spec(*faults, **options)}
 
     @property
     def journal(self) -> Journal:

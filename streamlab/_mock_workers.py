@@ -56,7 +56,7 @@ import time
 from typing import Any, Iterator
 
 from . import faults as _faults
-from ._mock import MockApp, _check_step
+from ._mock import MockApp, MockURLs, _check_step
 from ._mock_journal import Journal, JournalEntry
 from ._servers import HOST, Server
 
@@ -120,7 +120,7 @@ class _Worker:
                 self.sock.sendall(data)
 
 
-class MockCluster(Server):
+class MockCluster(MockURLs, Server):
     """The mock model served by ``workers`` processes on one loopback port (``SO_REUSEPORT``).
 
     Keyword arguments are ``MockApp``'s (checked here, ``SpecError``) plus ``workers`` and
@@ -155,17 +155,6 @@ class MockCluster(Server):
     @property
     def pids(self) -> list[int]:
         return [w.pid for w in self._workers if w.pid is not None]
-
-    @property
-    def base_url(self) -> str:
-        return self.url + "/v1"
-
-    def base_url_for(self, *faults: "_faults.Fault | str", **options: Any) -> str:
-        spec = _faults.to_spec(*faults, **options)
-        return f"{self.url}/s/{spec}/v1" if spec else self.base_url
-
-    def headers_for(self, *faults: "_faults.Fault | str", **options: Any) -> dict[str, str]:
-        return {"x-streamlab": _faults.to_spec(*faults, **options)}
 
     def _start(self) -> None:
         from ._lifetime import popen

@@ -97,7 +97,7 @@ __all__ = [
     "ErrorEvent", "RateLimited", "ServerError", "ContextWindow", "SlowHeaders",
     "AccelBuffering", "ContentType", "Transfer", "FinishReason", "OnDisconnect",
     "Event", "FaultContext", "Exchange", "Bound", "Choice", "to_real", "register",
-    "REGISTRY", "SHAPES", "names", "shapes", "parse", "validate", "to_spec", "SpecError", "LIMITS",
+    "REGISTRY", "SHAPES", "names", "shapes", "examples", "parse", "validate", "to_spec", "SpecError", "LIMITS",
 ]
 
 
@@ -452,6 +452,22 @@ def _example(cls: type[Fault]) -> str:
 def names() -> list[str]:
     """Registered fault names, in registry order (for dropdowns and CLI help)."""
     return list(REGISTRY)
+
+
+_EXAMPLE_SETTINGS = {"stall": dict(seconds=8), "ratelimit": dict(retry_after=1), "context": dict(tokens=4),
+                     "slowheaders": dict(seconds=8)}
+
+
+def examples(*, at: int = 12) -> list[Fault]:
+    """One instance of every registered fault, fired at token ``at`` where it takes an index (the
+    rows of ``data/fault_outcomes.csv`` and the model-fault rows of ``data/fix_matrix.csv``)."""
+    out = []
+    for name, cls in REGISTRY.items():
+        kwargs = dict(_EXAMPLE_SETTINGS.get(name, {}))
+        if cls.index_arg:
+            kwargs[cls.index_arg] = at
+        out.append(cls(**kwargs))
+    return out
 
 
 def shapes() -> list[str]:

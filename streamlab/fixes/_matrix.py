@@ -103,16 +103,7 @@ def model_faults() -> list:
     """One instance of every registered model fault, at token 12 where it takes an index."""
     from .. import faults
 
-    chosen = {"stall": dict(seconds=8), "ratelimit": dict(retry_after=1), "context": dict(tokens=4),
-              "slowheaders": dict(seconds=8)}
-    out = []
-    for name in faults.names():
-        cls = faults.REGISTRY[name]
-        kwargs = dict(chosen.get(name, {}))
-        if cls.index_arg:
-            kwargs[cls.index_arg] = 12
-        out.append(cls(**kwargs))
-    return out
+    return faults.examples(at=12)
 
 
 def _uncut(seed: int = 0) -> list[str]:
