@@ -336,6 +336,7 @@ def on_timeout_30():
     endpoint(timeout_180, "/stream/sync", spec=STALL_55), expected=12, itl=1, rid="p3-sync-180"))
 
 print("--timeout 30: ", broken, "-", broken.error)
+timeout_30.wait_for_log("SIGABRT")  # gunicorn logs the kill a moment after the timeout line
 print("\n".join(quiet(line) for line in timeout_30.log_lines(r"rid=p3-sync-30 .*(start|done)|WORKER TIMEOUT|SIGABRT")))
 
 # %% [markdown]
