@@ -446,21 +446,8 @@ def _to_run(raw: dict[str, Any], *, mode: str, url: str, scale: float, expected:
         info = _understand(event, data)
         if event in done_events:
             info = type(info)(text=None, terminal=True, nbytes=info.nbytes)
-        run.items += 1
-        run.arrivals.append(t)
-        run.nbytes += info.nbytes
         text_body.append(data)
-        if info.text:
-            run.texts.append(info.text)
-            run.content_arrivals.append(t)
-        if info.finish is not None:
-            run.finish = info.finish
-        if info.terminal:
-            run.terminal = True
-        if info.error is not None and run.error is None:
-            from ._recorder import StreamErrorEvent
-
-            run.error = StreamErrorEvent(info.error)
+        run.take(info, t)
     run.t_end = clock(raw["t_end"])
 
     end = raw["end"]

@@ -302,6 +302,22 @@ class Run:
         return f"<Run {self.label + ': ' if self.label else ''}{self.outcome}, {got} tokens{err}>"
 
     # -- classification ---------------------------------------------------------
+    def take(self, info: ChunkInfo, t: float) -> None:
+        """Fold one understood chunk, arrived at ``t`` (``perf_counter``), into the run; the first
+        error object carried inside the stream becomes ``run.error`` (a ``StreamErrorEvent``)."""
+        self.items += 1
+        self.arrivals.append(t)
+        self.nbytes += info.nbytes
+        if info.text:
+            self.texts.append(info.text)
+            self.content_arrivals.append(t)
+        if info.finish is not None:
+            self.finish = info.finish
+        if info.terminal:
+            self.terminal = True
+        if info.error is not None and self.error is None:
+            self.error = StreamErrorEvent(info.error)
+
     def _classify(self) -> Outcome:
         status = http_status(self.error)
         if status is not None:
@@ -375,18 +391,8 @@ class _Recording:
         info = self.understand(item)
         if info.echo:
             return False
-        run.items += 1
-        run.arrivals.append(now)
-        run.nbytes += info.nbytes
-        if info.text:
-            run.texts.append(info.text)
-            run.content_arrivals.append(now)
-        if info.finish is not None:
-            run.finish = info.finish
-        if info.terminal:
-            run.terminal = True
+        run.take(info, now)
         if info.error is not None:
-            run.error = StreamErrorEvent(info.error)
             return True
         if self.abort_after is not None and run.chunks >= self.abort_after and not run.terminal:
             run.aborted = True
