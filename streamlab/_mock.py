@@ -294,13 +294,19 @@ class MockApp:
             specs.append(spec)
         return faults, options, ",".join([f.spec() for f in self._injected] + specs)
 
-    async def _chat(self, scope: dict, receive: Any, send: Any, spec: str) -> None:
+    async def open_entry(self, scope: dict, receive: Any, spec: str,
+                         parse: Any) -> "tuple[JournalEntry, Any, list, dict] | None":
+        """Journal a new request, read and check its body with ``parse(raw)``, resolve its behaviour.
+
+        Returns ``(entry, parsed, faults, options)``, or None when the client left while its body
+        was read. A ``RequestError`` (a bad body or spec) marks the entry rejected and propagates.
+        ``parse`` returns the body, or ``(body, more)`` for an API that derives more from it."""
         entry = self.journal.new(scope["method"], scope["path"])
         entry.log.add("open", note=f"{scope['method']} {scope['path']}", conn=entry.id)
         try:
             raw = await self._read_body(receive)
-            body = parse_body(raw)
-            entry.body = body
+            parsed = parse(raw)
+            entry.body = parsed[0] if isinstance(parsed, tuple) else parsed
             self.journal.charge(entry, len(raw))
             faults, options, entry.spec = self._resolve(spec)
         except RequestError as err:
@@ -308,8 +314,15 @@ class MockApp:
             raise
         except _Ended:
             entry.ended = "client disconnected"
-            return
+            return None
         entry.faults = [f.spec() for f in faults]
+        return entry, parsed, faults, options
+
+    async def _chat(self, scope: dict, receive: Any, send: Any, spec: str) -> None:
+        opened = await self.open_entry(scope, receive, spec, parse_body)
+        if opened is None:
+            return
+        entry, body, faults, options = opened
         entry.options = options
         stream = bool(body.get("stream"))
         entry.stream = stream

@@ -446,21 +446,10 @@ async def route(app: "MockApp", scope: dict, receive: Any, send: Any, path: str,
 
 
 async def _create(app: "MockApp", scope: dict, receive: Any, send: Any, spec: str) -> None:
-    entry = app.journal.new(scope["method"], scope["path"])
-    entry.log.add("open", note=f"{scope['method']} {scope['path']}", conn=entry.id)
-    try:
-        raw = await app._read_body(receive)
-        body, messages = parse_request(raw)
-        entry.body = body
-        app.journal.charge(entry, len(raw))
-        faults, options, entry.spec = app._resolve(spec)
-    except RequestError as err:
-        entry.status, entry.ended = err.status, "rejected"
-        raise
-    except Ended:
-        entry.ended = "client disconnected"
+    opened = await app.open_entry(scope, receive, spec, parse_request)
+    if opened is None:
         return
-    entry.faults = [f.spec() for f in faults]
+    entry, (body, messages), faults, options = opened
     entry.options = dict(options)
     n = int(options["tokens"])
     tokens = (echo_tokens(entry.last_user_message or next((content_text(m["content"]) for m in messages
