@@ -3,7 +3,12 @@
 ``ensure_offline()`` runs whenever streamlab starts a server (so a user does not
 have to remember any environment variable): it switches off the telemetry and
 tracing of CrewAI, LangSmith, OpenTelemetry, Chroma and Hugging Face for this
-process and the subprocesses it starts. ``offline()`` also installs the guard in
+process and the subprocesses it starts. It also points CrewAI's storage
+(``CREWAI_STORAGE_DIR``: the task outputs ``crew.replay()`` reads, CrewAI's user file)
+at a private directory of this process, ``$TMPDIR/streamlab-crewai-XXXXXXXX`` (mode 0700),
+created on the first call and removed when the interpreter exits, so nothing of a run
+stays on disk; a ``CREWAI_STORAGE_DIR`` the user set is kept and never removed.
+(CrewAI joins the variable to the user's data directory, and an absolute path wins.) ``offline()`` also installs the guard in
 this process. What it refuses, before any packet is sent::
 
     OSError
@@ -42,12 +47,14 @@ from __future__ import annotations
 
 import asyncio
 import asyncio.base_events
+import atexit
 import asyncio.selector_events
 import errno
 import functools
 import ipaddress
 import os
 import re
+import shutil
 import socket
 import tempfile
 from typing import Any, Callable
@@ -58,8 +65,6 @@ OFFLINE_ENV = {
     "CREWAI_DISABLE_TELEMETRY": "true",
     "CREWAI_DISABLE_TRACKING": "true",
     "CREWAI_TRACING_ENABLED": "false",
-    # an absolute path: CrewAI joins it to the user's data dir, so task-output databases land in /tmp, not ~
-    "CREWAI_STORAGE_DIR": os.path.join(tempfile.gettempdir(), "streamlab-crewai"),
     "OTEL_SDK_DISABLED": "true",
     "LANGCHAIN_TRACING_V2": "false",
     "LANGSMITH_TRACING": "false",
@@ -94,9 +99,38 @@ class NetworkBlocked(ConnectionRefusedError):
 
 
 def ensure_offline() -> None:
-    """Switch off telemetry for this process and its children (idempotent; keeps values a user set)."""
+    """Switch off telemetry for this process and its children (idempotent; keeps values a user set),
+    and give CrewAI a private storage directory (``crewai_storage_dir()``)."""
     for key, value in OFFLINE_ENV.items():
         os.environ.setdefault(key, value)
+    _private_crewai_storage()
+
+
+_crewai_storage: "str | None" = None  # the directory this process made (None: none, or the user's own)
+
+
+def _private_crewai_storage() -> None:
+    """Set ``CREWAI_STORAGE_DIR`` to a fresh private directory unless it is set (by the user, or by a
+    streamlab parent process whose directory this child shares); remove it at interpreter exit."""
+    global _crewai_storage
+    if _crewai_storage is not None or os.environ.get("CREWAI_STORAGE_DIR"):
+        return
+    path = tempfile.mkdtemp(prefix="streamlab-crewai-")
+    os.environ["CREWAI_STORAGE_DIR"] = path
+    _crewai_storage = path
+    atexit.register(_remove_crewai_storage, path, os.getpid())
+
+
+def _remove_crewai_storage(path: str, owner: int) -> None:
+    # Only the process that made it: a forked child (a gunicorn worker, multiprocessing) runs the
+    # parent's atexit handlers too, and must not pull the directory from under the parent.
+    if os.getpid() == owner:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def crewai_storage_dir() -> "str | None":
+    """The private CrewAI storage directory this process made (None when the user set their own)."""
+    return _crewai_storage
 
 
 # -- what counts as loopback -------------------------------------------------------------

@@ -314,3 +314,39 @@ def test_offline_switches_telemetry_off_for_this_process_and_its_children():
     child = subprocess.run([sys.executable, "-c", "import os; print(os.environ['LANGSMITH_TRACING'])"],
                            capture_output=True, text=True, timeout=30)
     assert child.stdout.strip() == OFFLINE_ENV["LANGSMITH_TRACING"] == "false"
+
+
+_STORAGE_PROBE = textwrap.dedent("""
+    import os, sys
+    import streamlab as sl
+    sl.offline()
+    from crewai.memory.storage.kickoff_task_outputs_storage import KickoffTaskOutputsSQLiteStorage
+    storage = KickoffTaskOutputsSQLiteStorage()          # creates CrewAI's task-output database
+    print(os.environ["CREWAI_STORAGE_DIR"])
+    print(storage.db_path)
+    print(os.path.isfile(storage.db_path), oct(os.stat(os.environ["CREWAI_STORAGE_DIR"]).st_mode & 0o777))
+""")
+
+
+def test_crewai_storage_is_a_private_directory_of_the_process_removed_at_exit(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "CREWAI_STORAGE_DIR"}
+    child = subprocess.run([sys.executable, "-c", _STORAGE_PROBE], capture_output=True, text=True, timeout=120,
+                           env=env)
+    assert child.returncode == 0, child.stderr[-2000:]
+    directory, db_path, facts = child.stdout.strip().splitlines()[-3:]
+    assert Path(directory).name.startswith("streamlab-crewai-") and Path(directory).name != "streamlab-crewai"
+    assert Path(db_path).parent == Path(directory)
+    assert facts == "True 0o700"  # it was written, privately ...
+    assert not Path(directory).exists()  # ... and is gone once the interpreter exited
+
+
+def test_a_crewai_storage_dir_the_user_set_is_kept_and_never_removed(tmp_path):
+    mine = tmp_path / "my-crewai"
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+    probe = "import os, streamlab as sl; sl.offline(); print(os.environ['CREWAI_STORAGE_DIR'])"
+    child = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "CREWAI_STORAGE_DIR": str(mine)})
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert child.stdout.strip() == str(mine)
+    assert (mine / "keep.txt").read_text() == "mine"
