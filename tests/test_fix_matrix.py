@@ -1,7 +1,7 @@
 """data/fix_matrix.csv is what ``python -m streamlab.fixes._matrix`` makes, and it says what issue 12 claims.
 
-One test regenerates the fast slice (``QUICK``: model faults against the openai SDK and LangChain,
-hop faults through the heartbeat demo app under real uvicorn) and compares every column but the
+One test regenerates the fast slice (``QUICK``: model faults against the openai SDK, LangChain and
+AutoGen, hop faults through the heartbeat demo app under real uvicorn) and compares every column but the
 volatile ``seconds`` with the stored file. The others read the stored file, made by real runs, and
 pin the findings the notebook 06_fixes teaches.
 """
@@ -39,7 +39,9 @@ def test_the_file_has_exactly_the_issue_columns_and_one_row_per_key():
 
 def test_the_versions_that_made_the_file_are_beside_it():
     meta = json.loads(_matrix.DEFAULT_OUT.with_suffix(".versions.json").read_text())
-    assert {"streamlab", "openai", "httpx", "langchain-openai", "langgraph"} <= set(meta["versions"])
+    assert {"streamlab", "openai", "httpx", "langchain-openai", "langgraph", "autogen-agentchat", "autogen-ext",
+            "crewai"} <= set(meta["versions"])
+    assert "not installed" not in meta["versions"].values()
     assert meta["time_scale"] == _matrix.SCALE and meta["tokens"] == _matrix.TOKENS
 
 
@@ -72,10 +74,40 @@ def test_guard_turns_every_silent_truncation_into_an_error(stored):
     assert len(silent) >= 3, "the openai SDK, LangChain and LangGraph each end a silent@12 quietly"
     for fault, _, client in silent:
         assert stored[(fault, "guard", client)]["outcome"] == "truncation detected", (fault, client)
-    # and no guarded stream is left looking whole while short
-    for (fault, fix, client), row in stored.items():
-        if fix == "guard" and row["outcome"] == "complete":
-            assert row["tokens_received"] == row["tokens_expected"], (fault, client)
+    # and no guarded stream is left looking whole while short, but for the documented limitation:
+    # a length cut passes the guard of AutoGen run_stream and CrewAI (no finish_reason reaches the
+    # caller, and the usage matches what was streamed)
+    short = [k for k, r in stored.items() if k[1] == "guard" and r["outcome"] == "complete"
+             and _distinct(r) < int(r["tokens_expected"])]
+    assert short == [(_matrix.LENGTH, "guard", _matrix.AUTOGEN), (_matrix.LENGTH, "guard", _matrix.CREWAI)]
+
+
+def _distinct(row):
+    """Answer positions received: tokens minus those shown twice."""
+    return int(row["tokens_received"]) - int(row["duplicate_tokens"])
+
+
+def test_autogen_and_crewai_call_a_short_answer_complete_and_their_guard_catches_it_by_usage(stored):
+    # The recorder reads TaskResult / CrewOutput as the end of the stream: without the guard a silent
+    # truncation is "complete" with 12 of 40 tokens; the guard (usage) names it, and the lost frame too.
+    for client in (_matrix.AUTOGEN, _matrix.CREWAI):
+        for fault, got in (("silent@12", "12"), ("framing@12", "39")):
+            bare, guarded = stored[(fault, "none", client)], stored[(fault, "guard", client)]
+            assert (bare["outcome"], bare["tokens_received"]) == ("complete", got), (fault, client)
+            assert guarded["outcome"] == "truncation detected", (fault, client)
+        length = stored[(_matrix.LENGTH, "guard", client)]
+        assert (length["outcome"], length["tokens_received"]) == ("complete", "12")
+    for client in (_matrix.SDK, _matrix.LANGCHAIN, _matrix.LANGGRAPH):  # a finish_reason reaches these
+        assert stored[(_matrix.LENGTH, "none", client)]["outcome"] == "truncated by length"
+
+
+def test_crewai_retries_a_cut_llm_call_and_shows_the_first_tokens_twice(stored):
+    for fault in ("cut@12", "reset@12", "malformed@12", "error@12", "stall@12=8"):
+        row = stored[(fault, "none", _matrix.CREWAI)]
+        assert row["outcome"] == "complete" and row["model_runs"] == "2", fault
+        assert (row["tokens_received"], row["duplicate_tokens"]) == ("52", "12"), fault
+    autogen = stored[("cut@12", "none", _matrix.AUTOGEN)]  # AutoGen does not retry a started stream
+    assert (autogen["outcome"], autogen["tokens_received"], autogen["model_runs"]) == ("cut mid-stream", "12", "1")
 
 
 def test_an_idempotency_key_keeps_a_balancer_retry_to_one_model_run(stored):
@@ -85,7 +117,10 @@ def test_an_idempotency_key_keeps_a_balancer_retry_to_one_model_run(stored):
 
 
 def test_streaming_off_never_keeps_more_of_an_answer_than_streaming(stored):
+    more = []
     for (fault, fix, client), row in stored.items():
-        if fix == "stream_off":
-            assert int(row["tokens_received"]) <= int(stored[(fault, "none", client)]["tokens_received"]), \
-                (fault, client)
+        if fix == "stream_off" and int(row["tokens_received"]) > int(stored[(fault, "none", client)]["tokens_received"]):
+            more.append((fault, client))
+    # one exception, CrewAI's own retry: the non-streamed answer with a broken frame fails to parse and
+    # the agent asks again (40 tokens), where the stream skips the frame and ends one token short (39)
+    assert more == [("framing@12", _matrix.CREWAI)]

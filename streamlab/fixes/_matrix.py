@@ -10,9 +10,12 @@ Four groups of faults, each on the stack it needs (all on loopback, ``sl.time_sc
 
     model faults    every fault of ``streamlab.faults`` (at token 12) on the mock's first request,
                     at ``MODEL_SCALE`` with a ``READ_TIMEOUT`` of 5 s
-                    (``mock.script(fault)``; a retry or continuation is clean), read by the raw
-                    openai SDK, LangChain ``ChatOpenAI`` and a one-node LangGraph graph
-                    fixes: none, stream_off, guard (all clients); continue, background (openai SDK)
+                    (``mock.script(fault)``; a retry or continuation is clean), plus ``max_tokens=12``
+                    (no mock fault: the request's own token budget cuts the answer, finish_reason
+                    "length"), read by the raw openai SDK, LangChain ``ChatOpenAI``, a one-node
+                    LangGraph graph, AutoGen and CrewAI
+                    fixes: none, stream_off, guard (all clients); continue, background (openai SDK,
+                    not on max_tokens=12)
     hop faults      a 30 s model stall after 3 tokens, relayed as SSE by the heartbeat demo app
                     (real uvicorn) behind the embedded proxy playing one hop; read by httpx
                     fixes: none (no ping), heartbeat (a ``: ping`` every 5 s)
@@ -25,6 +28,30 @@ Four groups of faults, each on the stack it needs (all on loopback, ``sl.time_sc
     retries         lb_retry: a balancer retries a slow POST on the other worker (the idempotent demo
                     app on 2 uvicorn processes, Redis keys; read by httpx, time scale 1)
                     fixes: none (no key), idempotent (``Idempotency-Key``; 409 + Retry-After, then the kept answer)
+
+The two agent frameworks are read the way notebooks/01_autogen and 03_crewai teach a user to stream:
+
+    autogen run_stream    ``AssistantAgent(model_client_stream=True).run_stream(task=...)`` over
+                          ``OpenAIChatCompletionClient`` (autogen-agentchat/-ext 0.7.5); stream_off is
+                          ``model_client_stream=False`` and ``agent.run()``; guard is
+                          ``guard(agent.run_stream(...), require_usage=True)`` with
+                          ``stream_options={"include_usage": True}`` on the model client: no event of
+                          ``run_stream`` carries a finish_reason, so usage is the guard's only witness
+    crewai Crew stream    ``Crew(stream=True).kickoff()`` (a ``CrewStreamingOutput`` of ``StreamChunk``s,
+                          then ``.result``) with ``LLM(stream=True)``, one agent, one task (crewai 1.15.30);
+                          stream_off is ``stream=False`` on both and ``kickoff()``'s ``CrewOutput``;
+                          guard is ``guard(crew.kickoff())`` (judged by the crew's usage, no finish_reason
+                          exists in CrewAI's stream)
+
+Both with ``max_retries=0`` on the openai client (as for every client here) and the framework's own
+retries left as they are (CrewAI's agent retries a failed LLM call: its second attempt's tokens are
+shown after the first's, counted as duplicates). Neither framework passes a finish_reason to the
+caller, so a length cut (``max_tokens=12``) passes their guard: the usage matches what was streamed.
+The recorder reads their end event (``TaskResult``, ``CrewOutput``) as the terminal marker, so a short
+answer without the guard is named ``complete`` there: ``tokens_received`` tells. Their counts are
+measured: ``tokens_received`` is the text chunks the caller got (``ModelClientStreamingChunkEvent``,
+``StreamChunk``: one token each on the mock), a non-streamed answer's the prefix of the uncut answer
+its text begins with, as for the other clients.
 
 Counts: ``tokens_received`` answer tokens the client got (all attempts), ``tokens_expected`` the
 uncut answer's, ``duplicate_tokens`` received tokens that are not a new position of the answer
@@ -60,8 +87,10 @@ HOP_ITL = 0.2
 KILL_STALL = "stall@8=10"     # process faults: the kill lands in a 10 s stall after 8 tokens
 SDK, LANGCHAIN, LANGGRAPH, HTTPX = "openai SDK", "langchain ChatOpenAI", "langgraph", "httpx SSE"
 HTTP_JSON = "httpx JSON"
-VERSIONS = ("streamlab", "openai", "httpx", "langchain-openai", "langchain-core", "langgraph", "uvicorn",
-            "gunicorn", "fastapi", "redis")
+AUTOGEN, CREWAI = "autogen run_stream", "crewai Crew stream"
+LENGTH = "max_tokens=12"      # a length cut: the request's own token budget, finish_reason "length"
+VERSIONS = ("streamlab", "openai", "httpx", "langchain-openai", "langchain-core", "langgraph", "autogen-agentchat",
+            "autogen-ext", "crewai", "uvicorn", "gunicorn", "fastapi", "redis")
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = ROOT / "data" / "fix_matrix.csv"
 
@@ -93,6 +122,7 @@ QUICK = (("cut@12", "none", SDK), ("cut@12", "continue", SDK), ("cut@12", "backg
          ("silent@12", "none", SDK), ("silent@12", "guard", SDK),
          ("silent@12", "none", LANGCHAIN), ("silent@12", "guard", LANGCHAIN),
          ("context=4", "stream_off", SDK),
+         ("silent@12", "guard", AUTOGEN),   # (no CrewAI cell: importing crewai alone takes ~5 s)
          ("lb_idle_timeout", "none", HTTPX), ("lb_idle_timeout", "heartbeat", HTTPX),
          ("gateway_deadline", "heartbeat", HTTPX))
 
@@ -139,13 +169,13 @@ def _sdk(url: str, timeout: float | None = READ_TIMEOUT):
     return openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=httpx.Timeout(real, connect=5.0))
 
 
-def _chat_openai(url: str):
+def _chat_openai(url: str, **settings: Any):
     from langchain_openai import ChatOpenAI
 
     from .._timescale import to_real
 
     return ChatOpenAI(base_url=url, api_key="unused", model="streamlab-mock", max_retries=0,
-                      timeout=to_real(READ_TIMEOUT), stream_usage=True)
+                      timeout=to_real(READ_TIMEOUT), stream_usage=True, **settings)
 
 
 def _graph(llm: Any):
@@ -190,20 +220,102 @@ def _understand_responses(event: Any):
 
 
 MODEL_FIXES = {SDK: ("none", "stream_off", "guard", "continue", "background"),
-               LANGCHAIN: ("none", "stream_off", "guard"), LANGGRAPH: ("none", "stream_off", "guard")}
+               LANGCHAIN: ("none", "stream_off", "guard"), LANGGRAPH: ("none", "stream_off", "guard"),
+               AUTOGEN: ("none", "stream_off", "guard"), CREWAI: ("none", "stream_off", "guard")}
+LENGTH_FIXES = ("none", "stream_off", "guard")
+AUTOGEN_INFO = {"vision": False, "function_calling": False, "json_output": False, "family": "unknown",
+                "structured_output": False}
 
 
-def _model_run(mock: Any, fault: Any, fix: str, client: str, prompt: str) -> tuple[Any, list[str] | None]:
+def _autogen_run(mock: Any, fix: str, prompt: str, budget: dict) -> tuple[Any, list[str] | None]:
+    """AutoGen's cell: an ``AssistantAgent`` on ``OpenAIChatCompletionClient``, in a thread of its own
+    (``asyncio.run`` cannot nest in a running loop, which a notebook kernel has)."""
+    import asyncio
+    import concurrent.futures
+
+    from autogen_agentchat.agents import AssistantAgent
+    from autogen_ext.models.openai import OpenAIChatCompletionClient
+
+    from .._recorder import arecord
+    from .._timescale import to_real
+    from . import guard
+
+    settings = dict(budget)
+    if fix == "guard":
+        settings["stream_options"] = {"include_usage": True}
+    pieces: list[str] = []
+
+    async def run() -> Any:
+        client = OpenAIChatCompletionClient(model="streamlab-mock", base_url=mock.base_url, api_key="unused",
+                                            max_retries=0, timeout=to_real(READ_TIMEOUT), model_info=AUTOGEN_INFO,
+                                            **settings)
+        try:
+            agent = AssistantAgent("writer", model_client=client, model_client_stream=fix != "stream_off")
+            if fix == "stream_off":
+                return await arecord(lambda: agent.run(task=prompt, output_task_messages=False), expected=TOKENS)
+
+            async def events() -> Any:
+                stream = agent.run_stream(task=prompt, output_task_messages=False)
+                async for event in guard(stream, require_usage=True) if fix == "guard" else stream:
+                    if type(event).__name__ == "ModelClientStreamingChunkEvent" and event.content:
+                        pieces.append(event.content)
+                    yield event
+            return await arecord(events, expected=TOKENS)
+        finally:
+            await client.close()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        result = pool.submit(asyncio.run, run()).result()
+    return result, None if fix == "stream_off" else pieces
+
+
+def _crewai_run(mock: Any, fix: str, prompt: str, budget: dict) -> tuple[Any, list[str] | None]:
+    """CrewAI's cell: one agent, one task (the prompt), ``Crew(stream=True)``; stream_off: no stream."""
+    import crewai
+
+    from .._recorder import record
+    from .._timescale import to_real
+    from ..frameworks.crewai import quiet, understand
+    from . import guard
+
+    quiet()  # CrewAI's error log lines and event-pairing warnings go to a LogBook, not stderr
+    stream = fix != "stream_off"
+    llm = crewai.LLM(model="gpt-4o-mini", base_url=mock.base_url, api_key="unused", stream=stream,
+                     max_retries=0, timeout=to_real(READ_TIMEOUT), max_tokens=budget.get("max_tokens"))
+    agent = crewai.Agent(role="Writer", goal="Answer the request", backstory="A writer.", llm=llm)
+    task = crewai.Task(description=prompt, expected_output="The answer.", agent=agent)
+    crew = crewai.Crew(agents=[agent], tasks=[task], stream=stream)
+    if not stream:
+        return record(crew.kickoff, expected=TOKENS), None
+    pieces: list[str] = []
+
+    def chunks() -> Iterator[Any]:
+        streaming = crew.kickoff()
+        for chunk in guard(streaming) if fix == "guard" else streaming:
+            if chunk.content and chunk.tool_call is None:
+                pieces.append(chunk.content)
+            yield chunk
+        yield streaming.result
+    return record(chunks, expected=TOKENS, understand=understand), pieces
+
+
+def _model_run(mock: Any, fault: Any, fix: str, client: str, prompt: str,
+               max_tokens: int | None = None) -> tuple[Any, list[str] | None]:
     """One model-fault cell: the recorder's Run, and the text pieces received where they are counted."""
     from .._recorder import record
     from . import BackgroundRun, ContinuedStream, guard
 
     messages = [{"role": "user", "content": prompt}]
     pieces: list[str] = []
+    budget = {"max_tokens": max_tokens} if max_tokens is not None else {}
     with mock.script(fault):
+        if client == AUTOGEN:
+            return _autogen_run(mock, fix, prompt, budget)
+        if client == CREWAI:
+            return _crewai_run(mock, fix, prompt, budget)
         if client == SDK:
             sdk = _sdk(mock.base_url)
-            create = dict(model="streamlab-mock", messages=messages)
+            create = dict(model="streamlab-mock", messages=messages, **budget)
             if fix == "none":
                 return record(lambda: sdk.chat.completions.create(**create, stream=True), expected=TOKENS), None
             if fix == "stream_off":
@@ -229,7 +341,7 @@ def _model_run(mock: Any, fault: Any, fix: str, client: str, prompt: str) -> tup
                             pieces.append(event.delta)
                         yield event
                 return record(events, expected=TOKENS, understand=_understand_responses), pieces
-        llm = _chat_openai(mock.base_url)
+        llm = _chat_openai(mock.base_url, **budget)
         if client == LANGCHAIN:
             if fix == "none":
                 return record(lambda: llm.stream(messages), expected=TOKENS), None
@@ -251,7 +363,8 @@ def _model_run(mock: Any, fault: Any, fix: str, client: str, prompt: str) -> tup
 
 
 def _model_runs(mock: Any, prompt: str) -> int:
-    chats = sum(1 for e in mock.journal.chat() if e.last_user_message == prompt)
+    """Requests for the cell's prompt (unique per cell; CrewAI wraps it in its own task text)."""
+    chats = sum(1 for e in mock.journal.chat() if prompt in (e.last_user_message or ""))
     responses = sum(1 for e in mock.journal if e.method == "POST" and e.path.endswith("/responses")
                     and (e.body or {}).get("input") == prompt)
     return chats + responses
@@ -275,16 +388,18 @@ def _model_cells(wanted: set | None) -> Iterator[Cell]:
 
     from .._timescale import time_scale
 
+    rows = [(fault.spec(), fault, None) for fault in model_faults()] + [(LENGTH, None, 12)]
     with time_scale(MODEL_SCALE), MockLLM(**MODEL) as mock:
-        for fault in model_faults():
-            name = fault.spec()
+        for name, fault, max_tokens in rows:
             for client, fixes in MODEL_FIXES.items():
                 for fix in fixes:
                     if wanted is not None and (name, fix, client) not in wanted:
                         continue
+                    if max_tokens is not None and fix not in LENGTH_FIXES:
+                        continue
                     prompt = f"fix matrix {name} {fix} {client} {uuid.uuid4().hex[:8]}"
                     t0 = time.monotonic()
-                    run, pieces = _model_run(mock, fault, fix, client, prompt)
+                    run, pieces = _model_run(mock, fault, fix, client, prompt, max_tokens)
                     yield _cell(name, fix, client, run, pieces, _model_runs(mock, prompt), t0,
                                 stream_off=fix == "stream_off")
 
@@ -601,7 +716,7 @@ def read(path: Path | str = DEFAULT_OUT) -> list[dict[str, str]]:
 # -- reading it -------------------------------------------------------------------------------------
 
 FIX_ORDER = ("none", "stream_off", "guard", "continue", "background", "heartbeat", "resume", "idempotent")
-CLIENT_ORDER = (SDK, HTTPX, HTTP_JSON, LANGCHAIN, LANGGRAPH)
+CLIENT_ORDER = (SDK, HTTPX, HTTP_JSON, LANGCHAIN, LANGGRAPH, AUTOGEN, CREWAI)
 COLOURS = {"complete": "#2e7d32", "truncation detected": "#1565c0", "truncated by length": "#64b5f6",
            "client aborted": "#fbc02d", "buffered": "#a1887f", "http error": "#9e9e9e",
            "error before stream": "#bdbdbd", "stalled / timed out": "#ef6c00", "cut mid-stream": "#c62828",
