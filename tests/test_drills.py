@@ -121,3 +121,76 @@ def test_start_stops_every_server_when_the_block_fails():
             assert len(sl.running_servers()) >= 2
             1 / 0
     assert sl.running_servers() == []
+
+
+# --------------------------------------------------------------------------- the gunicorn sync worker's timeout
+
+
+def test_the_sync_worker_drill_runs_a_real_gunicorn_and_its_steps_print_facts_without_the_cause():
+    drill = drills.Drill(seed=drills.seed_for("sync_worker_timeout"))
+    with drill.start():
+        assert {type(s).__name__ for s in sl.running_servers()} >= {"Gunicorn", "MockLLM"}
+        text = "".join([printed(drill.timeline), printed(drill.bypass, "edge"), printed(drill.logs, "app"),
+                        printed(drill.one_worker)])
+    assert leaks(text) == [], text
+    assert sl.running_servers() == []
+    # through the edge and straight to the app alike: cut while the words still flowed, 30 to 40 s in
+    # (gunicorn --timeout 30 at time scale 0.1, the arbiter looks once a wall-clock second)
+    cuts = [float(x) for x in re.findall(r"HTTP 200, ended cut after (\d+\.\d) s", text)]
+    assert len(cuts) == 2 and all(30.0 <= c <= 46.0 for c in cuts), text
+    assert "server: gunicorn" in text.split("[bypass edge")[1]
+    app_log = text.split("[logs app")[1].split("[one_worker")[0]
+    assert "Using worker: sync" in app_log and re.search(r"\[CRITICAL\] WORKER TIMEOUT \(pid:\d+\)", app_log)
+    assert "SystemExit raised in the worker" in app_log and "SystemExit: 1" in app_log
+    assert re.search(r"Booting worker with pid: \d+", app_log), app_log  # the arbiter replaced the worker
+    one = text.split("[one_worker")[1]
+    assert "gunicorn with 2 worker processes (--worker-class sync, --timeout 30 s)" in one
+    bob = float(re.search(r"bob: \d+ words, first word after (\d+\.\d) s", one).group(1))
+    assert bob > 25.0, one  # one sync worker serves one request at a time: bob waited for alice's to end
+
+
+def test_the_sync_worker_drill_is_healed_by_an_async_worker_or_a_longer_timeout_and_not_by_a_heartbeat():
+    drill = drills.Drill(seed=drills.seed_for("sync_worker_timeout"))
+    assert drills.KINDS["sync_worker_timeout"].fixes == ("async_worker", "raise_worker_timeout")
+    results = {fix: drill.answer(layer="app", cause="worker_timeout", fix=fix)
+               for fix in ("async_worker", "raise_worker_timeout", "heartbeat")}
+    assert results["async_worker"].fixed and results["raise_worker_timeout"].fixed, results
+    assert results["async_worker"].points == 100
+    assert not results["heartbeat"].fixed and "RemoteProtocolError" in results["heartbeat"].rerun
+    assert sl.running_servers() == []
+
+
+def test_a_heartbeat_does_not_keep_a_sync_worker_alive_through_a_stall():
+    """The app sends SSE comments through the model's 60 s pause; the worker still does not notify the arbiter."""
+    from streamlab.drills._drill import _Stack
+    from streamlab.drills._kinds import WORKER_SCALE
+    from streamlab.faults import Stall
+
+    setup = drills.Setup(server="sync", workers=1, worker_timeout=30.0, scale=WORKER_SCALE,
+                         app=drills.AppConfig(heartbeat=5.0, lookup=0.0), model=(Stall(at=2, seconds=60.0),))
+    with _Stack(setup) as stack:
+        obs = stack.probe(url=stack.app_url)
+        log = "\n".join(stack.hop_lines("app"))
+    assert obs.ended == "cut" and obs.tokens == 2 and 30.0 <= obs.elapsed <= 46.0, obs.summary()
+    assert len(obs.reads) > obs.tokens + 3, "the heartbeat's comments reached the client"
+    assert "WORKER TIMEOUT" in log
+    assert sl.running_servers() == []
+
+
+def test_the_wsgi_relay_answers_bad_requests_with_a_clear_json_error():
+    import io as _io
+    import json
+
+    from streamlab.drills import _wsgi
+
+    def call(method, path, body=b""):
+        seen = {}
+        out = b"".join(_wsgi.app({"REQUEST_METHOD": method, "PATH_INFO": path, "CONTENT_LENGTH": str(len(body)),
+                                  "wsgi.input": _io.BytesIO(body)}, lambda status, headers: seen.update(s=status)))
+        return seen["s"], json.loads(out)
+
+    assert call("GET", "/health") == ("200 OK", {"status": "ok"})
+    status, body = call("POST", "/v1/chat/completions", b"not json")
+    assert status == "400 Bad Request" and body["error"]["param"] == "messages"
+    status, body = call("GET", "/v1/models")
+    assert status == "404 Not Found" and "no route GET /v1/models" in body["error"]["message"]

@@ -3,25 +3,32 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import random
+import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from dataclasses import asdict
+from typing import Any, Callable, Iterator
 
 import httpx
 
 from .. import _diagnose as dg
+from .._appserver import Gunicorn
 from .._proxy import Proxy
 from .._recorder import Run, record
 from .._servers import ThreadedASGIServer
 from .._mock import MockLLM
 from .._timescale import time_scale
+from .._timeline import HopLog
 from ._app import DrillApp, H11Server
+from ._wsgi import PREFIX
 from ._kinds import CAUSES, FIXES, KINDS, LAYERS, Kind, Setup
 
 SCALE = 0.025
-"""Wall-clock seconds per scenario second while a drill runs (a 75 s stall takes 1.9 s)."""
+"""Wall-clock seconds per scenario second while a drill runs (a 75 s stall takes 1.9 s); a kind whose stack runs
+a real gunicorn sets its own (``Setup.scale``: gunicorn's timers tick in whole wall-clock seconds)."""
 
 COSTS = {"symptom": 0, "timeline": 5, "streaming_off": 5, "raw_sdk": 5, "concurrency": 10, "bypass": 10,
          "one_worker": 10, "logs": 10, "answer": 10}
@@ -106,6 +113,7 @@ class Drill:
     @contextlib.contextmanager
     def _stack(self, setup: Setup | None = None) -> Iterator["_Stack"]:
         if setup is None and self._live is not None:
+            self._live.settle()
             yield self._live
             return
         with _Stack(setup or self._kind.setup) as stack:
@@ -165,10 +173,16 @@ class Drill:
     def one_worker(self) -> None:
         """The app's deployment: how many workers, and two users through exactly one of them."""
         with self._stack() as stack:
-            runs = stack.users(2, url=stack.app_url)
+            if stack.gunicorn is None:
+                runs = stack.users(2, url=stack.app_url)
+                head = "the app runs 1 worker process (an async server); two users straight to it:"
+            else:
+                with stack.served(workers=1) as one:
+                    runs = stack.users(2, url=one.url, seen=one.requests)
+                head = (f"the app runs gunicorn with {stack.setup.workers} worker processes ({stack.deployment}); "
+                        "two users straight to the same app under 1 worker:")
         self._tick("one_worker")
-        self._say("one_worker", ["the app runs 1 worker process (an async server); two users straight to it:"]
-                  + [_user_line(name, run) for name, run in runs])
+        self._say("one_worker", [head] + [_user_line(name, run) for name, run in runs])
 
     def raw_sdk(self) -> None:
         """The openai SDK's own view of one streaming call through the stack: exception, finish_reason."""
@@ -224,7 +238,7 @@ class Drill:
             t0 = time.perf_counter()
             name, run = stack.users(1)[0]
             entries = stack.mock.journal.chat()
-            lanes = [("edge sent", stack.edge.log, "out"), ("app sent", stack.app.hoplog, "out")]
+            lanes = [("edge sent", stack.edge.log, "out"), stack.app_lane()]
             if entries:
                 lanes.insert(0, ("model sent", entries[-1].log, "out"))
             return plot_hops(run, lanes, title=f"drill {self.seed}: {kind.name}", t0=t0)
@@ -234,24 +248,35 @@ class Drill:
 
 
 class _Stack:
-    """Mock model, app (in-process uvicorn), edge proxy, all on 127.0.0.1 under ``SCALE``."""
+    """Mock model, app, edge proxy, all on 127.0.0.1 under the setup's scale (``SCALE`` by default).
+
+    The app is ``DrillApp`` under uvicorn in a thread, or (``Setup.server``) a real gunicorn
+    subprocess serving ``_wsgi``'s relay (``_Served``).
+    """
 
     def __init__(self, setup: Setup) -> None:
         self.setup = setup
+        self.scale = setup.scale or SCALE
+        self.gunicorn: _Served | None = None
+        self.app: DrillApp | None = None
         self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> "_Stack":
         s = self.setup
         try:
-            self._stack.enter_context(time_scale(SCALE))
+            self._stack.enter_context(time_scale(self.scale))
             self.mock = self._stack.enter_context(MockLLM(tokens=s.tokens, itl=s.itl, ttft=s.ttft, echo=True,
                                                           faults=s.model))
             _warm_sdk(self.mock.url)
-            self.app = DrillApp(model_url=self.mock.url + "/v1", config=s.app)
-            server = self._stack.enter_context(H11Server(self.app) if s.app_h11 else
-                                               ThreadedASGIServer(self.app, name="app"))
-            self.app_url = server.url
-            self.edge = self._stack.enter_context(Proxy(upstream=server.url, faults=s.edge, name="edge",
+            if s.server:
+                self.gunicorn = self._stack.enter_context(self.served())
+                self.app_url = self.gunicorn.url
+            else:
+                self.app = DrillApp(model_url=self.mock.url + "/v1", config=s.app)
+                server = self._stack.enter_context(H11Server(self.app) if s.app_h11 else
+                                                   ThreadedASGIServer(self.app, name="app"))
+                self.app_url = server.url
+            self.edge = self._stack.enter_context(Proxy(upstream=self.app_url, faults=s.edge, name="edge",
                                                         proxy_http_version=s.edge_http))
         except BaseException:
             self._stack.close()
@@ -261,14 +286,41 @@ class _Stack:
     def __exit__(self, *exc: object) -> None:
         self._stack.close()
 
+    def served(self, *, workers: int | None = None) -> "_Served":
+        """The app under a real gunicorn with the setup's worker class and timeout (not started)."""
+        s = self.setup
+        return _Served(model_url=self.mock.url + "/v1", setup=s, workers=workers or s.workers, scale=self.scale)
+
+    @property
+    def deployment(self) -> str:
+        s = self.setup
+        return f"--worker-class {s.server}, --timeout {s.worker_timeout:g} s"
+
+    def settle(self) -> None:
+        """Before a step reuses the stack: gunicorn has replaced every worker it killed."""
+        if self.gunicorn is not None:
+            self.gunicorn.settle()
+
+    def requests(self) -> int:
+        """How many chat requests the app has taken so far."""
+        return self.gunicorn.requests() if self.gunicorn is not None else self.app._ids
+
     def clear(self) -> None:
         self.edge.log.clear()
-        self.app.log.clear()
-        self.app.hoplog.clear()
+        if self.gunicorn is not None:
+            self.gunicorn.clear()
+        else:
+            self.app.log.clear()
+            self.app.hoplog.clear()
+
+    def app_lane(self) -> tuple[str, HopLog, str]:
+        if self.gunicorn is not None:
+            return ("app (gunicorn's log)", self.gunicorn.hoplog(), "out")
+        return ("app sent", self.app.hoplog, "out")
 
     def ladder(self, url: str | None = None, **body: Any) -> dg.Ladder:
         base = (url or self.edge.url) + "/v1"
-        return dg.Ladder.for_url(base, scale=SCALE, max_silence=150.0, model_name="gpt-4o-mini",
+        return dg.Ladder.for_url(base, scale=self.scale, max_silence=150.0, model_name="gpt-4o-mini",
                                  body={"messages": [{"role": "user", "content": USERS[0][1]}], **body})
 
     def probe(self, *, stream: bool = True, url: str | None = None) -> dg.Observation:
@@ -283,7 +335,7 @@ class _Stack:
 
         read = self.setup.client_read if read_timeout is None else read_timeout
         client = openai.OpenAI(base_url=(url or self.edge.url) + "/v1", api_key="unused", max_retries=0,
-                               timeout=httpx.Timeout(connect=5.0, read=None if read is None else read * SCALE,
+                               timeout=httpx.Timeout(connect=5.0, read=None if read is None else read * self.scale,
                                                      write=5.0, pool=5.0))
         try:
             return record(lambda: client.chat.completions.create(
@@ -292,27 +344,29 @@ class _Stack:
         finally:
             client.close()
 
-    def users(self, n: int = 2, *, url: str | None = None) -> list[tuple[str, Run]]:
+    def users(self, n: int = 2, *, url: str | None = None,
+              seen: Callable[[], int] | None = None) -> list[tuple[str, Run]]:
         people = [(USERS[i % 2][0] + ("" if i < 2 else str(i + 1)), USERS[i % 2][1]) for i in range(n)]
         out: list[Run | None] = [None] * n
+        seen = seen or self.requests
 
         def one(i: int) -> None:
             out[i] = self.user(*people[i], url=url)
 
         threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(n)]
         for i, t in enumerate(threads):
-            seen = self.app._ids
+            before = seen()
             t.start()
             deadline = time.perf_counter() + 1.0
-            while self.app._ids == seen and time.perf_counter() < deadline:  # the next user once the app has
-                time.sleep(0.001)                                              # this one's request: an overlap
+            while seen() == before and time.perf_counter() < deadline:  # the next user once the app has
+                time.sleep(0.001)                                        # this one's request: an overlap
         for t in threads:
             t.join(60)
         return [(people[i][0], run) for i, run in enumerate(out) if run is not None]
 
     def hop_lines(self, hop: str, *, since: float = 0.0) -> list[str]:
         if hop == "app":
-            return list(self.app.log)
+            return self.gunicorn.lines() if self.gunicorn is not None else list(self.app.log)
         if hop == "model":
             lines = []
             for e in self.mock.journal.chat():
@@ -328,8 +382,90 @@ class _Stack:
             if e.kind in ("fault", "close", "error") or e.kind == "open":
                 text = e.note.split(": ", 1)[1] if e.kind == "fault" and ": " in e.note else e.note
                 note = f": {text}" if text else ""  # the fault's own name (a cause word) is not a log line
-                lines.append(f"[{(e.t - t0) / SCALE:7.1f} s] conn {e.conn} {e.kind}{note}")
+                lines.append(f"[{(e.t - t0) / self.scale:7.1f} s] conn {e.conn} {e.kind}{note}")
         return lines
+
+
+class _Served:
+    """The drill app under a real gunicorn subprocess (``streamlab.Gunicorn``), its log read as an operator would.
+
+    ``--worker-class sync`` serves ``_wsgi.app`` (a sync client, one request at a time per worker);
+    a uvicorn worker class serves ``_wsgi.asgi`` (``DrillApp``).
+    """
+
+    _DATE = re.compile(r"^\[\d{4}-\d\d-\d\d [\d:]+ [+-]\d{4}\] |\[\d\d/\w{3}/\d{4}:[\d:]+ [+-]\d{4}\] ")
+    _HEADER = re.compile(r"\[INFO\] (Starting gunicorn|Using worker)")
+
+    def __init__(self, *, model_url: str, setup: Setup, workers: int, scale: float) -> None:
+        sync = setup.server == "sync"
+        self.scale = scale
+        self.server = Gunicorn("streamlab.drills._wsgi:" + ("app" if sync else "asgi"), worker_class=setup.server,
+                               workers=workers, timeout=setup.worker_timeout, stop_grace=1.0,
+                               env={"STREAMLAB_MODEL_URL": model_url,
+                                    "STREAMLAB_DRILL_APP": json.dumps(asdict(setup.app))})
+        self._since = 0.0
+
+    def __enter__(self) -> "_Served":
+        self.server.start()
+        self._since = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop()
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def requests(self) -> int:
+        return sum(1 for line in self.server.logs if line.text.startswith(PREFIX) and " user=" in line.text)
+
+    def settle(self) -> None:
+        if self.server.log_lines("WORKER TIMEOUT|Worker \\(pid:\\d+\\) was sent"):
+            self.server.wait_workers(timeout=20)
+
+    def clear(self) -> None:
+        self._since = time.perf_counter()
+
+    def lines(self) -> list[str]:
+        """gunicorn's start-up header, then every line since ``clear()``, stamped in scenario seconds from then.
+
+        Dates (gunicorn's own) are replaced by the stamp; a traceback is folded to its last frame and
+        its exception; streamlab's own worker-hook lines are left out (no real gunicorn prints them).
+        """
+        self.settle()  # the replacement worker's boot line belongs to the request that killed its predecessor
+        logs = self.server.logs
+        out = [f"[  start] {self._DATE.sub('', line.text, count=1)}" for line in logs
+               if line.t < self._since and self._HEADER.search(line.text)]
+        trace: list[str] = []
+        for line in (ln for ln in logs if ln.t >= self._since):
+            text = line.text
+            if text.startswith("streamlab.gunicorn "):
+                continue
+            stamp = f"[{(line.t - self._since) / self.scale:7.1f} s]"
+            if text.startswith("Traceback ") or (trace and (text.startswith(" ") or text.startswith("^"))):
+                trace.append(text)
+                continue
+            if trace:
+                frames = [t.strip() for t in trace if t.strip().startswith("File ")]
+                last = frames[-1] if frames else ""
+                last = re.sub(r'"[^"]*site-packages/', '"', last)
+                code = next((t.strip() for t in reversed(trace) if t.strip().strip("^~")), "")
+                code = "" if code.startswith("File ") else code
+                out.append(f"{stamp} Traceback (most recent call last): {len(frames)} frames, the last {last}: "
+                           f"{code}")
+                trace = []
+            text = text[len(PREFIX):] if text.startswith(PREFIX) else text
+            out.append(f"{stamp} {self._DATE.sub('', text, count=1)}")
+        return out
+
+    def hoplog(self) -> HopLog:
+        """The lane of the debrief's figure: the moments gunicorn's arbiter killed a worker."""
+        log = HopLog("app")
+        for line in self.server.logs:
+            if line.t >= self._since and "WORKER TIMEOUT" in line.text:
+                log.add("fault", note="WORKER TIMEOUT", t=line.t)
+        return log
 
 
 _warmed = threading.Event()

@@ -35,6 +35,12 @@ class Setup:
     model: tuple[Any, ...] = ()         # mock faults
     client_read: float | None = 600.0   # the user's client read timeout
     silent_ok: bool = False             # a re-run where the client is *told* (an error) counts as fixed
+    server: str | None = None           # None: the app in-process under uvicorn; else a real gunicorn
+                                        # subprocess with this --worker-class ("sync": the WSGI twin,
+                                        # ``_wsgi.app``; "uvicorn_worker.UvicornWorker": ``_wsgi.asgi``)
+    workers: int = 2                    # gunicorn's --workers (with ``server``)
+    worker_timeout: float = 30.0        # gunicorn's --timeout (with ``server``)
+    scale: float | None = None          # wall-clock seconds per scenario second (None: ``SCALE``)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,6 +67,10 @@ def _app(**values: Any) -> Callable[[Setup], Setup]:
     return lambda s: replace(s, app=replace(s.app, **values))
 
 
+def _async_worker(s: Setup) -> Setup:
+    return replace(s, server="uvicorn_worker.UvicornWorker") if s.server else s
+
+
 FIXES: dict[str, tuple[str, Callable[[Setup], Setup]]] = {
     "raise_read_timeout": ("the edge's proxy_read_timeout to 300 s", _replace_edge(hops.ReadTimeout, seconds=300.0)),
     "raise_idle_timeout": ("the edge's idle timeout to 300 s", _replace_edge(hops.IdleTimeout, seconds=300.0)),
@@ -78,8 +88,16 @@ FIXES: dict[str, tuple[str, Callable[[Setup], Setup]]] = {
                             _app(check_finish=True)),
     "raise_max_tokens": ("the app stops capping max_tokens", _app(max_tokens=None)),
     "trim_history": ("the app sends only the recent history", _app(history_words=0)),
+    "async_worker": ("gunicorn runs the app's ASGI version under uvicorn workers (-k uvicorn_worker.UvicornWorker); "
+                     "an app not under gunicorn already runs an async server", _async_worker),
+    "raise_worker_timeout": ("gunicorn's --timeout to 300 s (an app not under gunicorn has none)",
+                             lambda s: replace(s, worker_timeout=300.0)),
 }
 """Fix name -> (what it changes, the change)."""
+
+WORKER_SCALE = 0.1
+"""The time scale of the gunicorn kind: ``--timeout 30`` is 3 s of wall clock, three times the second gunicorn's
+arbiter sleeps between checks (a kill comes 30 to 40 scenario seconds after the request reached the worker)."""
 
 _STALL = (Stall(at=8, seconds=75.0),)  # a tool call of 75 s in the middle of the answer
 
@@ -126,6 +144,12 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind(name="length_cut", layers=("app", "model"), causes=("length_truncation",), fixes=("raise_max_tokens",),
          setup=Setup(app=AppConfig(max_tokens=12)),
          story="the app capped max_tokens at 12: the model stopped with finish_reason length"),
+    Kind(name="sync_worker_timeout", layers=("app",), causes=("worker_timeout",),
+         fixes=("async_worker", "raise_worker_timeout"),
+         setup=Setup(server="sync", workers=2, worker_timeout=30.0, tokens=48, scale=WORKER_SCALE),
+         story="gunicorn --timeout 30 with sync workers: a sync worker tells the arbiter it is alive only between "
+               "requests, so every answer still streaming 30 to 40 s after its request reached the worker was "
+               "killed with the worker (WORKER TIMEOUT, SIGABRT, SystemExit in the relay)"),
     Kind(name="context_window", layers=("app", "model"), causes=("context_window",), fixes=("trim_history",),
          setup=Setup(app=AppConfig(history_words=5000), model=(ContextWindow(tokens=4096),)),
          story="the app prepended 5000 words of history: the model's 4096-token context window rejected every "
