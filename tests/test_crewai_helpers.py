@@ -110,3 +110,36 @@ def test_serve_runs_an_asgi_app_in_a_thread():
         assert server in sl.running_servers()
     finally:
         server.stop()
+
+
+def two_task_crew(base_url):
+    """plan, then write; the agents' own retry is off so a cut LLM call fails the kickoff."""
+    llm = crewai.LLM(model="gpt-4o-mini", base_url=base_url, api_key="unused", stream=True, max_retries=0)
+    planner = crewai.Agent(role="Planner", goal="Plan", backstory="A planner.", llm=llm, max_retry_limit=0)
+    writer = crewai.Agent(role="Writer", goal="Write", backstory="A writer.", llm=llm, max_retry_limit=0)
+    plan = crewai.Task(description="Plan the report.", expected_output="A plan.", agent=planner)
+    write = crewai.Task(description="Write the report.", expected_output="A report.", agent=writer)
+    return crewai.Crew(agents=[planner, writer], tasks=[plan, write], stream=True), plan, write
+
+
+def test_replay_after_a_cut_has_no_stored_output_for_the_cut_task_and_reruns_from_the_first():
+    with sl.MockLLM(tokens=20) as mock:
+        crew, plan, write = two_task_crew(mock.base_url)
+        with mock.script(None, Cut(at=8)), slc.streamed_text() as text:
+            with pytest.raises(httpx.RemoteProtocolError):
+                for _ in crew.kickoff():
+                    pass
+        assert {k: len(v) for k, v in text.items()} == {str(plan.id): 20, str(write.id): 8}
+        assert [(t.task_index, t.task_id, t.words) for t in slc.stored_tasks(crew)] == [(0, str(plan.id), 20)]
+
+        missing = slc.replay(crew, write.id)   # the cut task: CrewAI stored nothing to start from
+        assert isinstance(missing.error, ValueError) and "not found" in missing.error_line
+        assert missing.output is None and missing.text == {}
+
+        before = len(mock.journal.chat())
+        again = slc.replay(crew, plan.id)      # the only stored task: it runs again, and so does write
+        assert again.error is None and slc.words(again.output.raw) == 20
+        assert {k: len(v) for k, v in again.text.items()} == {str(plan.id): 20, str(write.id): 20}
+        assert len(mock.journal.chat()) - before == 2
+        assert [t.task_id for t in again.stored_before] == [str(plan.id)]
+        assert "Traceback" not in again.printed  # what CrewAI printed is kept, not shown

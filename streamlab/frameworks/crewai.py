@@ -17,6 +17,11 @@
     NetworkWatch               count (and refuse) every DNS lookup and connection that would leave loopback,
                                also those a background thread would swallow; the last cell prints the count
     serve(app)                 an ASGI app (the notebook's FastAPI app) on uvicorn, in a thread of this process
+    streamed_text()            ``with streamed_text() as text:``: the text every LLM call streamed inside the
+                               block, by task id (``LLMStreamChunkEvent``; ``replay()`` gives no stream object)
+    stored_tasks(crew)         what CrewAI kept of the crew's last kickoff for replay (``crewai log-tasks-outputs``)
+    replay(crew, task_id)      ``crew.replay(task_id)``, measured: the stored tasks before, the output or the
+                               error, the text streamed by task, what CrewAI printed meanwhile
     HTTPStream, app_event      the job stream client (re-exported from ``streamlab._clients``)
 
 Nothing here imports crewai at module import: ``sl.offline()`` must run first, because
@@ -44,7 +49,8 @@ from .._text import count_tokens
 from .._timescale import current_time_scale, scale_sdk_backoff
 
 __all__ = ["observe", "Observation", "LLMCall", "ToolCall", "understand", "with_result", "report", "words",
-           "backoff_in_scenario_time", "quiet", "LogBook", "NetworkWatch", "serve", "HTTPStream", "app_event"]
+           "backoff_in_scenario_time", "quiet", "LogBook", "NetworkWatch", "serve", "HTTPStream", "app_event",
+           "streamed_text", "stored_tasks", "StoredTask", "replay", "Replay"]
 
 
 # --------------------------------------------------------------------------- what a kickoff did
@@ -414,3 +420,89 @@ def serve(app: Any, *, name: str = "crew-app") -> ThreadedASGIServer:
     server.kind = "crew app (uvicorn thread)"
     return server.start()
 
+
+
+# --------------------------------------------------------------------------- task replay
+
+
+@contextlib.contextmanager
+def streamed_text() -> Iterator[dict[str, list[str]]]:
+    """``with streamed_text() as text:``: ``text[task_id]`` is every text chunk an LLM call of that task
+    streamed inside the block, in order (CrewAI runs ``LLMStreamChunkEvent`` handlers synchronously).
+
+    It sees what a ``Crew(stream=True)`` caller sees during ``kickoff()`` (its ``StreamChunk``s are made
+    from the same events) and what streams during ``crew.replay()``, which returns a plain ``CrewOutput``.
+    """
+    from crewai.events.event_bus import crewai_event_bus
+    from crewai.events.types.llm_events import LLMStreamChunkEvent
+
+    text: dict[str, list[str]] = {}
+
+    def chunk(source: Any, event: Any) -> None:
+        if event.chunk and event.tool_call is None:
+            text.setdefault(str(event.task_id or ""), []).append(event.chunk)
+
+    crewai_event_bus.register_handler(LLMStreamChunkEvent, chunk)
+    try:
+        yield text
+    finally:
+        crewai_event_bus.flush(timeout=10)
+        crewai_event_bus.off(LLMStreamChunkEvent, chunk)
+
+
+@dataclass(frozen=True)
+class StoredTask:
+    """One task output CrewAI stored from the last kickoff (``latest_kickoff_task_outputs.db``)."""
+
+    task_index: int
+    task_id: str
+    words: int              # of its stored raw output, in the mock's unit
+    was_replayed: bool
+
+
+def stored_tasks(crew: Any) -> list[StoredTask]:
+    """The task outputs ``crew.replay()`` can start from: CrewAI writes one after each task that *finished*
+    (``Crew._store_execution_log``), in a SQLite file under ``CREWAI_STORAGE_DIR`` (with ``sl.offline()``
+    a private directory of this process, removed at exit). A task whose LLM call raised has none."""
+    stored = crew._task_output_handler.load() or []
+    return [StoredTask(int(d["task_index"]), str(d["task_id"]), count_tokens((d.get("output") or {}).get("raw") or ""),
+                       bool(d.get("was_replayed"))) for d in stored]
+
+
+@dataclass
+class Replay:
+    """What one ``crew.replay(task_id)`` did (``replay()``)."""
+
+    task_id: str
+    stored_before: list[StoredTask]
+    output: Any = None                      # the CrewOutput; None when replay raised
+    error: BaseException | None = None      # e.g. ValueError "Task with id ... not found in the crew's tasks."
+    text: dict[str, list[str]] = field(default_factory=dict)  # streamed during the replay, by task id
+    printed: str = ""                       # what CrewAI printed meanwhile (its first-run tracing notice)
+
+    @property
+    def error_line(self) -> str:
+        return f"{type(self.error).__name__}: {self.error}" if self.error is not None else ""
+
+
+def replay(crew: Any, task_id: Any, **kwargs: Any) -> Replay:
+    """Call ``crew.replay(task_id)`` (CrewAI's documented way to re-run a crew from a task of its last
+    kickoff) and measure it: which task outputs were stored before, the ``CrewOutput`` or the exception
+    (not raised: kept in ``.error``), the text every task streamed during the replay.
+
+    CrewAI re-runs the task ``task_id`` itself and every task after it, with the stored outputs of the
+    tasks before it as context; ``task_id`` must be one of ``stored_tasks(crew)`` or CrewAI raises
+    ``ValueError``. What CrewAI prints to stdout meanwhile (the first completed execution of a fresh
+    storage directory prints a "Tracing Preference Saved" panel) is kept in ``.printed``.
+    """
+    import io
+
+    result = Replay(str(task_id), stored_tasks(crew))
+    out = io.StringIO()
+    with streamed_text() as text, contextlib.redirect_stdout(out):
+        try:
+            result.output = crew.replay(str(task_id), **kwargs)
+        except Exception as exc:  # noqa: BLE001 - measured, not raised: a failed replay is a finding
+            result.error = exc
+    result.text, result.printed = text, out.getvalue()
+    return result
