@@ -7,7 +7,8 @@
 # the edge proxy, the app and the model, one thing is wrong. Can your team find the layer and the cause
 # with the steps of the ladder, name a fix, and prove it heals the incident, against the clock? A drill
 # (in the spirit of Google SRE's *Wheel of Misfortune*) builds a real stack on loopback (the streamlab
-# mock model, a small OpenAI-compatible app under uvicorn, an edge proxy with `streamlab.hops` faults)
+# mock model, a small OpenAI-compatible app under uvicorn or a real gunicorn, an edge proxy with
+# `streamlab.hops` faults)
 # with one hidden cause picked by a seed. The trainee sees what the users saw, climbs the ladder (every
 # step prints what it found and costs minutes on the drill's clock), and answers. Facilitators: see
 # `docs/facilitator.md`.
@@ -25,7 +26,9 @@
 #
 # `sl.offline()` refuses connections that leave loopback. Each drill runs its own stack under
 # `sl.drills.SCALE` (one scenario second in 25 ms of wall clock): durations printed are production
-# seconds, and each step takes a second or two.
+# seconds, and each step takes a second or two. A stack whose app runs under a real gunicorn runs at
+# 0.1 instead (gunicorn's timers count whole wall-clock seconds, and its arbiter looks once a second):
+# there a step takes four to seven seconds.
 
 # %%
 import streamlab as sl
@@ -186,3 +189,21 @@ ex3 = sl.drills.Drill(seed=sl.drills.seed_for("client_abort"))
 with ex3.start():
     for fix in ("raise_client_timeout", "heartbeat", "raise_read_timeout"):
         ex3.answer(layer="client", cause="client_abort", fix=fix)
+
+# %% [markdown]
+# **Exercise 4.** Two kinds cut a stream while its words are still flowing, about 30 s in:
+# `gateway_deadline` and `sync_worker_timeout`. Which step tells them apart, and whose log names the
+# timer? Would the heartbeat, which heals the idle timeouts, heal the second one?
+
+# %% tags=["solution", "nbval-ignore-output"]
+# Straight to the app, the deadline's stream completes; the worker's is cut 30 to 40 s in all the same, and
+# the app's log is gunicorn's: WORKER TIMEOUT, then the worker's SystemExit. The words flowed once a second, so
+# there was no silence for a heartbeat to fill; and a sync worker tells gunicorn's arbiter it is alive only
+# between requests, so not even a heartbeat through a pause would keep it (tests/test_drills.py pins that with
+# a 60 s pause): the re-run says so.
+sl.drills.Drill(seed=sl.drills.seed_for("gateway_deadline")).bypass("edge")
+ex4 = sl.drills.Drill(seed=sl.drills.seed_for("sync_worker_timeout"))
+with ex4.start():
+    ex4.bypass("edge")
+    ex4.logs("app")
+    ex4.answer(layer="app", cause="worker_timeout", fix="heartbeat")

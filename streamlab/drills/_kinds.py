@@ -88,10 +88,9 @@ FIXES: dict[str, tuple[str, Callable[[Setup], Setup]]] = {
                             _app(check_finish=True)),
     "raise_max_tokens": ("the app stops capping max_tokens", _app(max_tokens=None)),
     "trim_history": ("the app sends only the recent history", _app(history_words=0)),
-    "async_worker": ("gunicorn runs the app's ASGI version under uvicorn workers (-k uvicorn_worker.UvicornWorker); "
-                     "an app not under gunicorn already runs an async server", _async_worker),
-    "raise_worker_timeout": ("gunicorn's --timeout to 300 s (an app not under gunicorn has none)",
-                             lambda s: replace(s, worker_timeout=300.0)),
+    "async_worker": ("gunicorn serves the app's ASGI version with async workers (-k uvicorn_worker.UvicornWorker)",
+                     _async_worker),  # an app not under gunicorn runs an async server already: no change
+    "raise_worker_timeout": ("gunicorn's --timeout to 300 s", lambda s: replace(s, worker_timeout=300.0)),
 }
 """Fix name -> (what it changes, the change)."""
 
