@@ -1,6 +1,7 @@
 """The CrewAI helpers of notebooks/03_crewai (streamlab.frameworks.crewai): what they count is what the
 real CrewAI did against the mock, and the network watch refuses what would leave loopback."""
 
+import asyncio
 import socket
 
 import httpx
@@ -137,7 +138,10 @@ def test_replay_after_a_cut_has_no_stored_output_for_the_cut_task_and_reruns_fro
         assert missing.output is None and missing.text == {}
 
         before = len(mock.journal.chat())
-        again = slc.replay(crew, plan.id)      # the only stored task: it runs again, and so does write
+        async def in_a_notebook():  # a running event loop on this thread, as in a kernel
+            return slc.replay(crew, plan.id)
+
+        again = asyncio.run(in_a_notebook())   # the only stored task: it runs again, and so does write
         assert again.error is None and slc.words(again.output.raw) == 20
         assert {k: len(v) for k, v in again.text.items()} == {str(plan.id): 20, str(write.id): 20}
         assert len(mock.journal.chat()) - before == 2

@@ -737,17 +737,15 @@ def grid(rows: Iterable[dict[str, str]], *, client: str | None = None) -> tuple[
     return faults, fixes, cells
 
 
-def heatmap(rows: Iterable[dict[str, str]], *, client: str | None = None, title: str = "fault x fix"):
-    """The matrix as a heat map (fault x fix, colour = outcome, text = tokens received); the figure."""
-    import matplotlib.pyplot as plt
+def _draw(ax: Any, faults: list[str], fixes: list[str], cells: dict, *, ylabels: bool = True) -> list[str]:
+    """One fault x fix grid on ``ax``; the outcome names it used (plus ``SHORT``: a cell named complete
+    with fewer distinct tokens than the answer has, hatched)."""
     from matplotlib.colors import ListedColormap
-    from matplotlib.patches import Patch
+    from matplotlib.patches import Rectangle
 
-    faults, fixes, cells = grid(rows, client=client)
     names = list(COLOURS)
     values = [[names.index(cells[(f, x)]["outcome"]) if (f, x) in cells else float("nan") for x in fixes]
               for f in faults]
-    fig, ax = plt.subplots(figsize=(1.1 * len(fixes) + 4.5, 0.32 * len(faults) + 1.6))
     ax.imshow(values, cmap=ListedColormap([COLOURS[n] for n in names]), vmin=-0.5, vmax=len(names) - 0.5,
               aspect="auto")
     for i, f in enumerate(faults):
@@ -756,13 +754,72 @@ def heatmap(rows: Iterable[dict[str, str]], *, client: str | None = None, title:
                 row = cells[(f, x)]
                 dup = f"+{row['duplicate_tokens']}d" if row["duplicate_tokens"] != "0" else ""
                 ax.text(j, i, f"{row['tokens_received']}{dup}", ha="center", va="center", fontsize=7, color="white")
-    ax.set_xticks(range(len(fixes)), fixes)
-    ax.set_yticks(range(len(faults)), faults, fontsize=8)
+                if _short(row):
+                    ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="white",
+                                           linewidth=0))
+    ax.set_xticks(range(len(fixes)), fixes, fontsize=8)
+    if ylabels:
+        ax.set_yticks(range(len(faults)), faults, fontsize=8)
+    else:
+        ax.tick_params(labelleft=False)
     ax.xaxis.tick_top()
-    used = [n for n in names if any(c["outcome"] == n for c in cells.values())]
-    ax.legend(handles=[Patch(color=COLOURS[n], label=n) for n in used], loc="upper left",
+    used = [n for n in names if any(cells.get((f, x), {}).get("outcome") == n for f in faults for x in fixes)]
+    return used + [SHORT] * any(_short(c) for c in cells.values() if (c["fault"], c["fix"]) in
+                                {(f, x) for f in faults for x in fixes})
+
+
+SHORT = "complete, but short"
+
+
+def _short(row: dict[str, str]) -> bool:
+    """Named complete with fewer answer positions than the uncut answer (duplicates not counted)."""
+    return row["outcome"] == "complete" and \
+        int(row["tokens_received"]) - int(row["duplicate_tokens"]) < int(row["tokens_expected"])
+
+
+def _legend(fig: Any, ax: Any, used: list[str]) -> None:
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=COLOURS[n], label=n) for n in COLOURS if n in used]
+    if SHORT in used:
+        handles.append(Patch(facecolor=COLOURS["complete"], hatch="///", edgecolor="white", label=SHORT))
+    ax.legend(handles=handles, loc="upper left",
               bbox_to_anchor=(1.01, 1), fontsize=8, title="outcome (text: tokens, +Nd duplicates)")
+
+
+def heatmap(rows: Iterable[dict[str, str]], *, client: str | None = None, title: str = "fault x fix"):
+    """The matrix as a heat map (fault x fix, colour = outcome, text = tokens received); the figure."""
+    import matplotlib.pyplot as plt
+
+    faults, fixes, cells = grid(rows, client=client)
+    fig, ax = plt.subplots(figsize=(1.1 * len(fixes) + 4.5, 0.32 * len(faults) + 1.6))
+    _legend(fig, ax, _draw(ax, faults, fixes, cells))
     ax.set_title(title + " (blank: not run on that fault's stack)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+MODEL_CLIENTS = (SDK, LANGCHAIN, LANGGRAPH, AUTOGEN, CREWAI)
+
+
+def heatmap_by_client(rows: Iterable[dict[str, str]], *, clients: Iterable[str] = MODEL_CLIENTS,
+                      fixes: Iterable[str] = LENGTH_FIXES, title: str = "model faults, by client"):
+    """The model faults once per client, side by side (one panel each, the same fault rows and fixes):
+    where the frameworks part ways with the SDK under them. The figure."""
+    import matplotlib.pyplot as plt
+
+    rows = list(rows)
+    clients, fixes = list(clients), list(fixes)
+    faults = list(dict.fromkeys(r["fault"] for r in rows if r["client"] == clients[0] and r["fix"] in fixes))
+    fig, axes = plt.subplots(1, len(clients), sharey=True,
+                             figsize=(0.62 * len(fixes) * len(clients) + 4.6, 0.3 * len(faults) + 1.9))
+    used: set[str] = set()
+    for k, (ax, client) in enumerate(zip(axes, clients)):
+        cells = {(r["fault"], r["fix"]): r for r in rows if r["client"] == client}
+        used.update(_draw(ax, faults, fixes, cells, ylabels=k == 0))
+        ax.set_xlabel(client, fontsize=9)
+    _legend(fig, axes[-1], sorted(used))
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 

@@ -494,15 +494,35 @@ def replay(crew: Any, task_id: Any, **kwargs: Any) -> Replay:
     tasks before it as context; ``task_id`` must be one of ``stored_tasks(crew)`` or CrewAI raises
     ``ValueError``. What CrewAI prints to stdout meanwhile (the first completed execution of a fresh
     storage directory prints a "Tracing Preference Saved" panel) is kept in ``.printed``.
+
+    CrewAI has no async replay, and its agents refuse to run synchronously on a thread with a running
+    event loop (a notebook kernel's: ``RuntimeError: Agent execution was invoked synchronously ...``),
+    so there the call runs in a worker thread (the caller still waits for it).
     """
+    import asyncio
+    import concurrent.futures
+    import contextvars
     import io
 
     result = Replay(str(task_id), stored_tasks(crew))
     out = io.StringIO()
-    with streamed_text() as text, contextlib.redirect_stdout(out):
+
+    def call() -> None:
         try:
             result.output = crew.replay(str(task_id), **kwargs)
         except Exception as exc:  # noqa: BLE001 - measured, not raised: a failed replay is a finding
             result.error = exc
+
+    try:
+        asyncio.get_running_loop()
+        in_loop = True
+    except RuntimeError:
+        in_loop = False
+    with streamed_text() as text, contextlib.redirect_stdout(out):
+        if in_loop:
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                pool.submit(contextvars.copy_context().run, call).result()
+        else:
+            call()
     result.text, result.printed = text, out.getvalue()
     return result
