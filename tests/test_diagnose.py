@@ -223,6 +223,25 @@ def test_gunicorn_sync_worker_timeout_cuts_at_a_constant_time():
     assert "Server: gunicorn" in report.verdict
 
 
+def test_an_openai_compatible_relay_on_gunicorn_sync_workers_is_a_worker_timeout_at_the_app():
+    """The drills' WSGI relay (a sync client, right for a sync worker) at its base URL, the way a user points
+    diagnose at their own app: gunicorn --timeout 30 kills each 48-word answer 30 to 40 s in (time scale 0.1:
+    3 s of wall clock, the arbiter looks once a second), the same at every repeat."""
+    import re
+
+    env = {"STREAMLAB_MODEL_URL": None, "STREAMLAB_DRILL_APP": json.dumps({"lookup": 0.0})}
+    with time_scale(0.1), sl.MockLLM(tokens=48, itl=1.0, ttft=0.5) as mock:
+        env["STREAMLAB_MODEL_URL"] = mock.url + "/v1"
+        with sl.Gunicorn("streamlab.drills._wsgi:app", worker_class="sync", workers=2, timeout=30, env=env) as app:
+            report = diagnose(app.url + "/v1", steps=("timeline", "health", "repeat"), model=mock)
+            killed = app.log_lines("WORKER TIMEOUT")
+    expect(report, "worker_timeout", "app")
+    assert "Server: gunicorn with no proxy in front" in report.verdict
+    cuts = [float(x) for x in re.findall(r"cut at (\d+\.\d) s", " ".join(f.evidence for f in report.findings))]
+    assert cuts and all(30.0 <= c <= 46.0 for c in cuts), report.text()
+    assert len(killed) >= 2, killed  # gunicorn's own log: one kill per stream the ladder ran
+
+
 @pytest.fixture(scope="module")
 def blocking_app():
     """The mock and ``streamlab.apps.blocking`` under uvicorn at time_scale 0.05, shared by the tests below
