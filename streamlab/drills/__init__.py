@@ -8,8 +8,10 @@
     >>> drill.debrief()                         # the cause on the multi-hop timeline
 
 Kinds (``KINDS``, ``_kinds.py``) and fixes (``FIXES``) are data; the stack is the
-mock model, a small app (``_app.py``, in-process uvicorn) and an embedded edge
-proxy with ``streamlab.hops`` faults, under ``SCALE``. The steps reuse
+mock model, a small app (``_app.py``, in-process uvicorn; for ``sync_worker_timeout``
+its WSGI twin ``_wsgi.py`` under a real gunicorn subprocess with sync workers, at
+``WORKER_SCALE``) and an embedded edge proxy with ``streamlab.hops`` faults, under
+``SCALE``. The steps reuse
 ``streamlab._diagnose``'s probe and timeline (one engine with ``streamlab
 diagnose``), but print facts only: never a cause name. Taught in
 notebooks/07_drills.ipynb; the facilitator guide is docs/facilitator.md.
@@ -17,7 +19,7 @@ notebooks/07_drills.ipynb; the facilitator guide is docs/facilitator.md.
 
 from ._app import AppConfig, DrillApp
 from ._drill import COSTS, SCALE, USERS, Drill, DrillError, Result, draw, score_table, seed_for
-from ._kinds import CAUSES, FIXES, KINDS, LAYERS, Kind, Setup
+from ._kinds import CAUSES, FIXES, KINDS, LAYERS, WORKER_SCALE, Kind, Setup
 
 __all__ = ["Drill", "draw", "seed_for", "score_table", "Result", "DrillError", "KINDS", "FIXES", "CAUSES", "LAYERS",
-           "COSTS", "SCALE", "Kind", "Setup", "AppConfig", "DrillApp", "USERS"]
+           "COSTS", "SCALE", "WORKER_SCALE", "Kind", "Setup", "AppConfig", "DrillApp", "USERS"]
