@@ -146,4 +146,17 @@ def test_replay_after_a_cut_has_no_stored_output_for_the_cut_task_and_reruns_fro
         assert {k: len(v) for k, v in again.text.items()} == {str(plan.id): 20, str(write.id): 20}
         assert len(mock.journal.chat()) - before == 2
         assert [t.task_id for t in again.stored_before] == [str(plan.id)]
-        assert "Traceback" not in again.printed  # what CrewAI printed is kept, not shown
+
+
+def test_quiet_records_crewais_first_run_in_streamlabs_private_storage_so_no_tracing_panel_prints():
+    import os
+
+    from crewai.events.listeners.tracing.utils import is_first_execution
+
+    from streamlab._offline import crewai_storage_dir
+
+    if crewai_storage_dir() is None:
+        pytest.skip("CREWAI_STORAGE_DIR was set before streamlab started: quiet() leaves it alone")
+    assert os.environ["CREWAI_STORAGE_DIR"] == crewai_storage_dir()
+    slc.quiet()
+    assert not is_first_execution()

@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import os
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -314,11 +315,25 @@ def quiet() -> LogBook:
     event bus prints ``[CrewAIEventsBus] Warning: Event pairing mismatch ...`` on
     the error path. This keeps the log records in a ``LogBook`` (read them with
     ``logs.lines(grep=...)`` or ``seen.logs``) and turns the pairing warnings off.
+
+    And CrewAI's one-time tracing notice: the first crew run of a fresh storage directory ends with a
+    "Tracing Preference Saved" panel, which rich prints straight into a notebook (past ``sys.stdout``).
+    ``sl.offline()`` gives every process a fresh private directory, so every notebook would show it;
+    ``quiet()`` records the first run as done, declined (CrewAI's ``mark_first_execution_done``), in that
+    private directory only. A ``CREWAI_STORAGE_DIR`` the user set is left alone.
     """
     global _logbook
     if _logbook is None:
         _logbook = LogBook()
         logging.getLogger().addHandler(_logbook)
+    from .._offline import crewai_storage_dir
+
+    private = crewai_storage_dir()
+    if private is not None and os.environ.get("CREWAI_STORAGE_DIR") == private:
+        from crewai.events.listeners.tracing.utils import is_first_execution, mark_first_execution_done
+
+        if is_first_execution():
+            mark_first_execution_done(user_consented=False)
     from crewai.events import event_context
 
     event_context._default_config.mismatch_behavior = event_context.MismatchBehavior.SILENT
