@@ -149,14 +149,15 @@ def test_the_sync_worker_drill_runs_a_real_gunicorn_and_its_steps_print_facts_wi
     assert bob > 25.0, one  # one sync worker serves one request at a time: bob waited for alice's to end
 
 
-def test_the_sync_worker_drill_is_healed_by_an_async_worker_or_a_longer_timeout_and_not_by_a_heartbeat():
+def test_the_sync_worker_drill_is_healed_by_an_async_worker_or_a_longer_timeout_not_a_heartbeat_or_deadline():
     drill = drills.Drill(seed=drills.seed_for("sync_worker_timeout"))
     assert drills.KINDS["sync_worker_timeout"].fixes == ("async_worker", "raise_worker_timeout")
     results = {fix: drill.answer(layer="app", cause="worker_timeout", fix=fix)
-               for fix in ("async_worker", "raise_worker_timeout", "heartbeat")}
+               for fix in ("async_worker", "raise_worker_timeout", "heartbeat", "raise_deadline")}
     assert results["async_worker"].fixed and results["raise_worker_timeout"].fixed, results
     assert results["async_worker"].points == 100
-    assert not results["heartbeat"].fixed and "RemoteProtocolError" in results["heartbeat"].rerun
+    for wrong in ("heartbeat", "raise_deadline"):  # the words never paused, and no gateway counts the seconds
+        assert not results[wrong].fixed and "RemoteProtocolError" in results[wrong].rerun, results[wrong]
     assert sl.running_servers() == []
 
 
