@@ -195,3 +195,15 @@ def test_the_wsgi_relay_answers_bad_requests_with_a_clear_json_error():
     assert status == "400 Bad Request" and body["error"]["param"] == "messages"
     status, body = call("GET", "/v1/models")
     assert status == "404 Not Found" and "no route GET /v1/models" in body["error"]["message"]
+
+
+def test_the_sync_worker_debrief_marks_gunicorns_kill_on_the_app_lane():
+    drill = drills.Drill(seed=drills.seed_for("sync_worker_timeout"))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        figure = drill.debrief()
+    assert "cause: worker_timeout at the app" in out.getvalue()
+    labels = [t.get_text() for t in figure.axes[0].get_yticklabels()]
+    assert "app (gunicorn's log)" in labels, labels
+    assert "WORKER TIMEOUT" in [t.get_text() for t in figure.axes[0].texts]
+    assert sl.running_servers() == []
