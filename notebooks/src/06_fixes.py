@@ -48,7 +48,8 @@ from streamlab.fixes import _matrix as matrix
 from streamlab.frameworks.langchain import record_sse
 
 print(sl.require(openai="2.54.0", httpx="0.28.1", langchain_openai="1.7.3", langgraph="1.2.22",
-                 autogen_agentchat="0.7.5", uvicorn="0.54.0", gunicorn="27.0.1", redis="8.1.0"))
+                 autogen_agentchat="0.7.5", crewai="1.15.30", uvicorn="0.54.0", gunicorn="27.0.1",
+                 redis="8.1.0"))
 sl.offline()
 sl.time_scale(0.05)
 
@@ -260,19 +261,25 @@ table(["client", "tokens shown", "duplicates", "model runs", "reconnects"], [
 # ## 5. The fault x fix matrix
 #
 # `data/fix_matrix.csv` has one row per (fault, fix, client): `.venv/bin/python -m
-# streamlab.fixes._matrix` reruns all of it (about 2 minutes; the versions that made it are in
-# `data/fix_matrix.versions.json`). Model faults are read by the raw openai SDK, LangChain
-# `ChatOpenAI` and a one-node LangGraph graph; hop faults by httpx through the heartbeat app; process
-# faults by httpx (with `resume_stream` for `resume`); the balancer's retry by httpx with JSON. The
-# heat map shows the openai SDK's cell where there is one, else httpx's; a blank cell is a fix that
-# was not run on that fault's stack (it does not apply there, or we did not measure it).
+# streamlab.fixes._matrix` reruns all of it (263 cells in about 2.5 minutes on 2 cores; the versions
+# that made it are in `data/fix_matrix.versions.json`). Model faults (every fault of
+# `streamlab.faults` at token 12, plus `max_tokens=12`: the request's own budget cuts the answer with
+# `finish_reason: "length"`) are read by five clients: the raw openai SDK, LangChain `ChatOpenAI`, a
+# one-node LangGraph graph, AutoGen the way 01_autogen streams (`AssistantAgent(model_client_stream=True)`,
+# `run_stream`) and CrewAI the way 03_crewai does (`Crew(stream=True).kickoff()`). Hop faults are read
+# by httpx through the heartbeat app; process faults by httpx (with `resume_stream` for `resume`);
+# the balancer's retry by httpx with JSON. The first heat map shows the openai SDK's cell where there
+# is one, else httpx's; a blank cell is a fix that was not run on that fault's stack (it does not
+# apply there, or we did not measure it). A hatched green cell is named `complete` but holds fewer
+# distinct tokens than the answer.
 
 # %%
 rows = matrix.read()
 versions = json.loads(matrix.DEFAULT_OUT.with_suffix(".versions.json").read_text())["versions"]
 print(len(rows), "rows,", len({r["fault"] for r in rows}), "faults,", len({r["fix"] for r in rows}), "fixes,",
       len({r["client"] for r in rows}), "clients; made with openai", versions["openai"],
-      "langchain-openai", versions["langchain-openai"], "langgraph", versions["langgraph"])
+      "langchain-openai", versions["langchain-openai"], "langgraph", versions["langgraph"],
+      "autogen-agentchat", versions["autogen-agentchat"], "crewai", versions["crewai"])
 fig = matrix.heatmap(rows, title="fault x fix, data/fix_matrix.csv")
 
 # %% [markdown]
@@ -309,22 +316,68 @@ table(["lesson", "count", "cells"], [
 ])
 
 # %% [markdown]
-# And the frameworks: the same faults read by LangChain and LangGraph behave like the SDK under them,
-# `stream_off` included (a non-streamed answer cut short comes back without a `finish_reason`, which
-# the recorder names `silent truncation` for the SDK and the frameworks alike):
+# **The model faults, client by client.** The same faults and fixes, one panel per client (text:
+# tokens received, `+12d`: 12 of them shown twice):
 
 # %%
-fw = [r for r in rows if r["client"] in (matrix.LANGCHAIN, matrix.LANGGRAPH)
-      and r["fault"] in ("silent@12", "framing@12", "cut@12")]
-table(["fault", "client", "none", "stream_off", "guard"],
-      [(f, c, *(outcome(f, x, c) for x in ("none", "stream_off", "guard")))
-       for f, c in dict.fromkeys((r["fault"], r["client"]) for r in fw)])
+fig = matrix.heatmap_by_client(rows, title="model faults x (none, stream_off, guard), per client")
+
+# %% [markdown]
+# LangChain and LangGraph behave like the SDK under them, `stream_off` included (a non-streamed answer
+# cut short comes back without a `finish_reason`: `silent truncation`). The two agent frameworks part
+# ways. What their guard catches and misses, and what CrewAI's own retry does, counted off the file:
+
+# %%
+def cell(fault, fix, client):
+    return next(r for r in rows if (r["fault"], r["fix"], r["client"]) == (fault, fix, client))
+
+
+def short(r):
+    return r["outcome"] == "complete" and int(r["tokens_received"]) - int(r["duplicate_tokens"]) < 40
+
+
+fw_rows = []
+for client in (matrix.AUTOGEN, matrix.CREWAI):
+    quiet_short = [r["fault"] for r in rows if r["client"] == client and r["fix"] == "none" and short(r)]
+    caught = [f for f in quiet_short if cell(f, "guard", client)["outcome"] == "truncation detected"]
+    missed = [f for f in quiet_short if f not in caught]
+    twice = [r["fault"] for r in rows if r["client"] == client and r["fix"] == "none" and r["duplicate_tokens"] != "0"]
+    fw_rows += [(client, "short answers named `complete` without the guard", len(quiet_short),
+                 ", ".join(f"{f} ({cell(f, 'none', client)['tokens_received']}/40)" for f in quiet_short)),
+                (client, "... the guard (usage) turns into `truncation detected`", len(caught), ", ".join(caught)),
+                (client, "... the guard misses (usage matches what was streamed)", len(missed),
+                 ", ".join(f"{f}: {cell(f, 'guard', client)['outcome']}" for f in missed)),
+                (client, "faults retried by the framework, tokens shown twice (fix none)", len(twice),
+                 ", ".join(f"{f} ({cell(f, 'none', client)['tokens_received']}, "
+                           f"{cell(f, 'none', client)['model_runs']} runs)" for f in twice) or "-")]
+table(["client", "lesson", "count", "cells"], fw_rows)
+
+# %% [markdown]
+# - **Their end event is always there.** `run_stream` ends with a `TaskResult` and a crew with a
+#   `CrewOutput` whether or not the model finished, so the recorder names a body that ended after 12
+#   tokens `complete` (12/40): quieter than the SDK's `silent truncation`. Only `tokens_received` gives
+#   it away.
+# - **Their guard can only read usage.** No `finish_reason` reaches the caller of `run_stream` or of a
+#   crew stream, so `guard(agent.run_stream(...), require_usage=True)` (with `include_usage` on the
+#   model client) and `guard(crew.kickoff())` judge by the usage report: they catch `silent@12` (no
+#   usage chunk) and `framing@12` (39 chunks, usage says 40), and miss `max_tokens=12`, a length cut
+#   whose usage (12) matches what was streamed. The SDK, LangChain and LangGraph see
+#   `finish_reason: "length"` there and say `truncated by length`. To see a length cut in AutoGen,
+#   guard the model client's `create_stream()` or read `finish_reasons()` (section 2 of 01_autogen).
+# - **CrewAI retries, and shows the cut part twice.** The agent retries a failed LLM call
+#   (`max_retry_limit=2`): every mid-stream failure (cut, reset, stall, malformed chunk, error event)
+#   ends `complete` with 52 tokens shown, the first 12 twice, and 2 model runs, and the guard lets it
+#   pass (52 chunks, usage 40). It also retries a 429 and a 500 (complete, 2 runs). AutoGen retries
+#   nothing once the stream started: a cut is `cut mid-stream` at 12, as for the SDK.
+# - **CrewAI on a context-length error** summarises the conversation and asks again: streamed, the
+#   caller gets the second answer (40); without streaming the crew's output is "Agent completed
+#   execution but produced no final output." (`complete`, 0 tokens).
 
 # %% [markdown]
 # **A live slice, recomputed now and compared with the file** (every column but `seconds`):
 
 # %%
-quick = [k for k in matrix.QUICK if k[2] != matrix.HTTPX]
+quick = [k for k in matrix.QUICK if k[2] != matrix.HTTPX] + [("cut@12", "none", matrix.CREWAI)]
 fresh = matrix.run_matrix(only=quick)
 stored = {(r["fault"], r["fix"], r["client"]): r for r in rows}
 same = [all(dict(zip(matrix.COLUMNS, c.row()))[col] == stored[c.key][col] for col in matrix.COLUMNS[:-1])
@@ -338,12 +391,16 @@ table(["fault", "fix", "client", "outcome now", "tokens now", "same as the file"
 # **The claim.** The frameworks have their own recovery: LangGraph checkpoints a thread after every
 # step (`durability="sync"|"async"|"exit"` on `stream`/`invoke` in langgraph 1.2.22) and resumes it
 # with `graph.stream(None, config)`; AutoGen saves and loads an agent's state (`save_state()` /
-# `load_state()`). Do they recover a stream cut mid-answer?
+# `load_state()`); CrewAI replays a crew from a task of its last kickoff (`crew.replay(task_id)`, the
+# CLI's `crewai replay -t <task_id>`). Do they recover a stream cut mid-answer?
 #
 # **Broken, then measured.** A two-node LangGraph graph (`plan`, then `write`; each calls `ChatOpenAI`)
 # with an `InMemorySaver`: `plan` completes, `write` is cut at token 12, then the same thread resumes.
 # An AutoGen `AssistantAgent` (streaming) is cut at token 12, its state is saved, loaded into a new
-# agent, and the run goes on (`run_stream()` with no new task).
+# agent, and the run goes on (`run_stream()` with no new task). A CrewAI crew (`Crew(stream=True)`, two
+# tasks: `plan`, then `write`, one agent each) has its `write` stream cut at token 12, then is
+# replayed. The agents' own retry is switched off (`max_retry_limit=0`) so that the kickoff fails, as
+# it does when a cut outlasts the retries (with the default, section 5 shows the retry).
 
 # %%
 from typing import TypedDict
@@ -416,10 +473,45 @@ async def ag_demo():
 with mock.script(Cut(at=12)):
     await ag_demo()
 
+import crewai  # noqa: E402 - after sl.offline() (CrewAI reads its telemetry switches at import)
+
+from streamlab.frameworks import crewai as slc  # noqa: E402
+
+slc.quiet()   # CrewAI's error log lines go to a LogBook, not under the cell
+cr_id = uuid.uuid4().hex[:6]
+cr_llm = crewai.LLM(model="gpt-4o-mini", base_url=mock.base_url, api_key="unused", stream=True, max_retries=0)
+planner = crewai.Agent(role="Planner", goal="Plan the answer", backstory="A planner.", llm=cr_llm, max_retry_limit=0)
+writer = crewai.Agent(role="Writer", goal="Write the answer", backstory="A writer.", llm=cr_llm, max_retry_limit=0)
+plan_task = crewai.Task(description=f"Plan {cr_id}-plan", expected_output="A plan.", agent=planner)
+write_task = crewai.Task(description=f"Write {cr_id}-write", expected_output="The answer.", agent=writer)
+crew = crewai.Crew(agents=[planner, writer], tasks=[plan_task, write_task], stream=True)
+TASK = {str(plan_task.id): "plan", str(write_task.id): "write"}
+
+
+def crew_runs(marker):
+    return sum(1 for e in mock.journal.chat() if marker in e.last_user_message)
+
+
+with mock.script(None, Cut(at=12)), slc.streamed_text() as cr_kickoff:   # plan is clean, write is cut
+    try:
+        for chunk in crew.kickoff():
+            pass
+    except Exception as exc:
+        print("CrewAI kickoff ->", type(exc).__name__)
+print("stored for replay:", [(TASK[t.task_id], f"{t.words} words") for t in slc.stored_tasks(crew)])
+cr_cut = slc.replay(crew, write_task.id)
+print("crew.replay(write task) ->", cr_cut.error_line.replace(str(write_task.id), "<write task id>"))
+cr_full = slc.replay(crew, plan_task.id)
+print("crew.replay(plan task)  ->", slc.words(cr_full.output.raw), "words; streamed:",
+      {TASK[k]: len(v) for k, v in cr_full.text.items()})
+cr_shown = cr_kickoff.get(str(write_task.id), []) + cr_full.text.get(str(write_task.id), [])
+
 table(["mechanism", "tokens shown", "duplicates", "model runs of the cut call", "runs of the finished step"], [
     ("LangGraph checkpointer, resume thread", len(lg_shown), matrix._duplicates(lg_shown), runs_for(lg_prompt),
      f"plan: {runs_for('plan ' + lg_prompt)}"),
     ("AutoGen save_state / load_state", len(ag_shown), matrix._duplicates(ag_shown), runs_for(ag_prompt), "-"),
+    ("CrewAI crew.replay(plan task)", len(cr_shown), matrix._duplicates(cr_shown), crew_runs(f"{cr_id}-write"),
+     f"plan: {crew_runs(f'{cr_id}-plan')}"),
     ("streamlab ContinuedStream (section 4)", len(continued), matrix._duplicates(continued),
      runs_for(cont_prompt), "-"),
     ("streamlab BackgroundRun (section 4)", len(deltas), matrix._duplicates(deltas), runs_for(bg_prompt), "-"),
@@ -432,13 +524,16 @@ table(["mechanism", "tokens shown", "duplicates", "model runs of the cut call", 
 # `durability="sync"`, the strictest mode: a checkpoint is written per finished step, and a half-streamed
 # model call is not a step (`"async"` and `"exit"` write the same checkpoints later). AutoGen's saved
 # state holds the user message without the cut answer, so the loaded agent asks again: same 52/12/2.
-# streamlab's continuation shows 40 with 0 duplicates (its second request only asks for the rest), and
-# the background run calls the model once.
-#
-# CrewAI's `crew.replay(task_id)` is not run here: it replays from the task outputs of the last
-# `kickoff()`, which CrewAI writes to a SQLite file (`latest_kickoff_task_outputs.db`) in the user's data
-# directory, outside the repository. By that design a task cut mid-stream has no stored output, and
-# replay starts it again from the beginning (not measured).
+# CrewAI keeps even less. It stores a task's output (in `latest_kickoff_task_outputs.db` under
+# `CREWAI_STORAGE_DIR`; with `sl.offline()` a private directory of this process, removed at exit) only
+# after the task *finished* (`Crew._store_execution_log` runs after `task.execute_sync` returns), so
+# after the cut only `plan` is stored. `crew.replay(write_task.id)` raises `ValueError` (the cut task
+# is "not found"); replaying from `plan`, the only task it can start from, runs `plan` again too: the
+# finished step costs a second model run (plan: 2), `write` runs twice, and its first 12 tokens are
+# shown twice (12 in the kickoff's stream, then 40 more). `replay()` returns a plain `CrewOutput`, not a
+# stream: the 40 are what streamed on CrewAI's event bus (`slc.streamed_text()`), where a UI listening to
+# it would show them. streamlab's continuation shows 40 with 0 duplicates (its second request only asks
+# for the rest), and the background run calls the model once.
 
 # %% [markdown]
 # ## 7. Summary
@@ -452,12 +547,19 @@ table(["fix", "verdict", "lesson"], [
     ("idempotent (matrix)", "reproduced", "a balancer's retried POST runs the model once with a key, twice without"),
     ("6. LangGraph checkpointer / AutoGen state", "reproduced",
      "keep finished steps only; the cut call re-runs: 2 model runs, 12 tokens shown twice"),
+    ("6. CrewAI crew.replay", "reproduced",
+     "nothing stored for the cut task; replay from the task before re-runs it too: 2 runs each, 12 twice"),
+    ("guard on AutoGen / CrewAI (matrix)", "partly",
+     "usage only: catches silent@12 and framing@12, misses a length cut (max_tokens=12 stays complete, 12/40)"),
+    ("CrewAI's agent retry (matrix)", "partly", "ends every mid-stream cut complete, with 12 tokens shown twice"),
     ("stream_off", "not a fix", "the same faults fail with less: a cut or stall loses the whole answer"),
 ])
 
 # %% [markdown]
-# Not in the matrix yet: the WebSocket transport, and the frameworks' own mechanisms (section 6 runs
-# LangGraph's checkpointer and AutoGen's state save/load once; CrewAI's task replay is not run).
+# Not in the matrix yet: the WebSocket transport; the frameworks' own mechanisms (section 6 runs
+# LangGraph's checkpointer, AutoGen's state save/load and CrewAI's task replay once each, against a
+# cut at token 12 only); `continue` and `background` with the frameworks (AutoGen and CrewAI get
+# `none`, `stream_off` and `guard`); and real nginx in the hop rows (the embedded proxy plays the hops).
 #
 # ## 8. Exercises
 #
