@@ -5,9 +5,11 @@ have to remember any environment variable): it switches off the telemetry and
 tracing of CrewAI, LangSmith, OpenTelemetry, Chroma and Hugging Face for this
 process and the subprocesses it starts. It also points CrewAI's storage
 (``CREWAI_STORAGE_DIR``: the task outputs ``crew.replay()`` reads, CrewAI's user file)
-at a private directory of this process, ``$TMPDIR/streamlab-crewai-XXXXXXXX`` (mode 0700),
+at a private directory of this process, ``$TMPDIR/streamlab-crewai-<pid>-XXXXXXXX`` (mode 0700),
 created on the first call and removed when the interpreter exits, so nothing of a run
-stays on disk; a ``CREWAI_STORAGE_DIR`` the user set is kept and never removed.
+stays on disk; a ``CREWAI_STORAGE_DIR`` the user set is kept and never removed. A process
+killed outright (nbval stops its kernel with SIGKILL) runs no exit handler: the next
+streamlab process to make its directory removes those of this user whose pid is gone.
 (CrewAI joins the variable to the user's data directory, and an absolute path wins.) ``offline()`` also installs the guard in
 this process. What it refuses, before any packet is sent::
 
@@ -115,10 +117,44 @@ def _private_crewai_storage() -> None:
     global _crewai_storage
     if _crewai_storage is not None or os.environ.get("CREWAI_STORAGE_DIR"):
         return
-    path = tempfile.mkdtemp(prefix="streamlab-crewai-")
+    _sweep_crewai_storage()
+    path = tempfile.mkdtemp(prefix=f"{_STORAGE_PREFIX}{os.getpid()}-")
     os.environ["CREWAI_STORAGE_DIR"] = path
     _crewai_storage = path
     atexit.register(_remove_crewai_storage, path, os.getpid())
+
+
+_STORAGE_PREFIX = "streamlab-crewai-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def _sweep_crewai_storage() -> None:
+    """Remove the private directories that processes of this user left when they were killed."""
+    base = tempfile.gettempdir()
+    try:
+        entries = list(os.scandir(base))
+    except OSError:
+        return
+    for entry in entries:
+        pid = entry.name[len(_STORAGE_PREFIX):].split("-", 1)[0]
+        if not entry.name.startswith(_STORAGE_PREFIX) or not pid.isdigit():
+            continue
+        try:
+            if not entry.is_dir(follow_symlinks=False) or entry.stat(follow_symlinks=False).st_uid != os.getuid():
+                continue
+        except OSError:
+            continue
+        if int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            shutil.rmtree(entry.path, ignore_errors=True)
 
 
 def _remove_crewai_storage(path: str, owner: int) -> None:

@@ -322,6 +322,7 @@ _STORAGE_PROBE = textwrap.dedent("""
     sl.offline()
     from crewai.memory.storage.kickoff_task_outputs_storage import KickoffTaskOutputsSQLiteStorage
     storage = KickoffTaskOutputsSQLiteStorage()          # creates CrewAI's task-output database
+    print(os.getpid())
     print(os.environ["CREWAI_STORAGE_DIR"])
     print(storage.db_path)
     print(os.path.isfile(storage.db_path), oct(os.stat(os.environ["CREWAI_STORAGE_DIR"]).st_mode & 0o777))
@@ -333,8 +334,8 @@ def test_crewai_storage_is_a_private_directory_of_the_process_removed_at_exit(tm
     child = subprocess.run([sys.executable, "-c", _STORAGE_PROBE], capture_output=True, text=True, timeout=120,
                            env=env)
     assert child.returncode == 0, child.stderr[-2000:]
-    directory, db_path, facts = child.stdout.strip().splitlines()[-3:]
-    assert Path(directory).name.startswith("streamlab-crewai-") and Path(directory).name != "streamlab-crewai"
+    pid, directory, db_path, facts = child.stdout.strip().splitlines()[-4:]
+    assert Path(directory).name.startswith(f"streamlab-crewai-{pid}-")  # not the shared /tmp/streamlab-crewai
     assert Path(db_path).parent == Path(directory)
     assert facts == "True 0o700"  # it was written, privately ...
     assert not Path(directory).exists()  # ... and is gone once the interpreter exited
@@ -350,3 +351,25 @@ def test_a_crewai_storage_dir_the_user_set_is_kept_and_never_removed(tmp_path):
     assert child.returncode == 0, child.stderr[-2000:]
     assert child.stdout.strip() == str(mine)
     assert (mine / "keep.txt").read_text() == "mine"
+
+
+def test_a_killed_processs_crewai_storage_is_swept_by_the_next_process(tmp_path):
+    # nbval stops a kernel with SIGKILL: no exit handler runs, so the next streamlab process sweeps
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          timeout=30)
+    dead = int(gone.stdout)
+    import tempfile
+
+    stale = Path(tempfile.mkdtemp(prefix=f"streamlab-crewai-{dead}-"))
+    (stale / "latest_kickoff_task_outputs.db").write_bytes(b"")
+    alive = Path(tempfile.mkdtemp(prefix=f"streamlab-crewai-{os.getpid()}-"))  # this process: alive, kept
+    try:
+        env = {k: v for k, v in os.environ.items() if k != "CREWAI_STORAGE_DIR"}
+        child = subprocess.run([sys.executable, "-c", "import streamlab as sl; sl.offline()"], capture_output=True,
+                               text=True, timeout=60, env=env)
+        assert child.returncode == 0, child.stderr[-2000:]
+        assert not stale.exists()
+        assert alive.exists()
+    finally:
+        shutil.rmtree(stale, ignore_errors=True)
+        shutil.rmtree(alive, ignore_errors=True)
