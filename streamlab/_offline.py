@@ -49,8 +49,8 @@ from __future__ import annotations
 
 import asyncio
 import asyncio.base_events
-import atexit
 import asyncio.selector_events
+import atexit
 import errno
 import functools
 import ipaddress
