@@ -13,7 +13,7 @@ import openai
 import pytest
 
 import streamlab as sl
-from streamlab.fixes import IncompleteStream, LengthTruncation, UsageMismatch, guard
+from streamlab.fixes import IncompleteStream, LengthTruncation, UsageMismatch, guard, guard_model_client
 
 MESSAGES = [{"role": "user", "content": "Explain RFC 9110 in 3 bullets"}]
 
@@ -208,6 +208,88 @@ def test_guard_on_autogen_run_stream_with_usage_catches_a_silent_truncation_not_
     assert cut[-2].models_usage.completion_tokens == 5
 
 
+def _guarded_agent_run(mock, spec=None, *, stream=True, team=False, **settings):
+    """``AssistantAgent(model_client=guard_model_client(client))``: what the caller of run_stream gets."""
+    from autogen_agentchat.agents import AssistantAgent
+
+    async def run():
+        client = _autogen(mock, spec, **settings)
+        agent = AssistantAgent("a", model_client=guard_model_client(client), model_client_stream=stream)
+        source = agent
+        if team:
+            from autogen_agentchat.conditions import MaxMessageTermination
+            from autogen_agentchat.teams import RoundRobinGroupChat
+
+            source = RoundRobinGroupChat([agent], termination_condition=MaxMessageTermination(2))
+        events = []
+        try:
+            async for event in source.run_stream(task="hi"):
+                events.append(event)
+            return events, None, await agent.model_context.get_messages()
+        except Exception as exc:  # noqa: BLE001 - the test asserts the class
+            return events, exc, await agent.model_context.get_messages()
+        finally:
+            await client.close()
+
+    return asyncio.run(run())
+
+
+def _chunk_events(events):
+    return sum(type(e).__name__ == "ModelClientStreamingChunkEvent" for e in events)
+
+
+def test_guard_model_client_raises_a_length_cut_out_of_autogen_run_stream_unchanged(mock):
+    pytest.importorskip("autogen_agentchat")
+    events, error, context = _guarded_agent_run(mock, max_tokens=12)
+    assert type(error) is LengthTruncation and error.reason == "length" and error.tokens == 12
+    assert _chunk_events(events) == 12 and not any(type(e).__name__ == "TaskResult" for e in events)
+    assert [type(m).__name__ for m in context] == ["UserMessage"]  # the short answer is not the agent's reply
+    events, error, _ = _guarded_agent_run(mock, "silent@12")
+    assert type(error) is IncompleteStream and error.reason == "no finish_reason" and _chunk_events(events) == 12
+    events, error, context = _guarded_agent_run(mock)  # negative control: a complete answer passes
+    assert error is None and type(events[-1]).__name__ == "TaskResult" and _chunk_events(events) == 20
+    assert [type(m).__name__ for m in context] == ["UserMessage", "AssistantMessage"]
+
+
+def test_guard_model_client_judges_a_non_streamed_create_and_lets_allowed_length_pass(mock):
+    pytest.importorskip("autogen_agentchat")
+    _, error, _ = _guarded_agent_run(mock, stream=False, max_tokens=12)
+    assert type(error) is LengthTruncation
+    _, error, _ = _guarded_agent_run(mock, stream=False)
+    assert error is None
+
+    async def allowed():
+        from autogen_core.models import UserMessage
+
+        client = guard_model_client(_autogen(mock, max_tokens=5), allow_length=True)
+        try:
+            return [x async for x in client.create_stream([UserMessage(content="hi", source="u")])]
+        finally:
+            await client.close()
+
+    items = asyncio.run(allowed())
+    assert len(items) == 6 and items[-1].finish_reason == "length"
+
+
+def test_guard_model_client_in_an_autogen_team_arrives_as_a_runtime_error_naming_it(mock):
+    # Pins AgentChat's behaviour: a group chat re-raises an agent's error as RuntimeError(str(error)).
+    pytest.importorskip("autogen_agentchat")
+    import logging
+
+    logging.getLogger("autogen_core").disabled = True  # the runtime logs the agent's traceback at ERROR
+    try:
+        events, error, _ = _guarded_agent_run(mock, team=True, max_tokens=12)
+    finally:
+        logging.getLogger("autogen_core").disabled = False
+    assert type(error) is RuntimeError and str(error).startswith("LengthTruncation: the answer was cut")
+    assert _chunk_events(events) == 12
+
+
+def test_guard_model_client_refuses_what_is_not_a_model_client():
+    with pytest.raises(TypeError, match="takes an AutoGen ChatCompletionClient"):
+        guard_model_client(object())
+
+
 def _crew(mock, spec=None, *, max_tokens=None):
     sl.offline()
     crewai = pytest.importorskip("crewai")
@@ -218,23 +300,59 @@ def _crew(mock, spec=None, *, max_tokens=None):
     return crewai.Crew(agents=[agent], tasks=[task], stream=True)
 
 
-def test_guard_on_a_crewai_stream_judges_it_by_the_crews_usage(mock):
-    complete = guard(_crew(mock).kickoff())
-    assert sum(1 for c in complete if c.content) == 20  # no error
+def test_guard_on_a_crewai_stream_judges_it_by_its_llm_calls_finish_reason(mock):
+    complete = guard(_crew(mock).kickoff())  # negative control: a complete answer passes
+    assert sum(1 for c in complete if c.content) == 20
     assert complete.result.token_usage.completion_tokens == 20
-    streaming = _crew(mock, "silent@9").kickoff()
-    with pytest.raises(IncompleteStream, match="no LLM call reported usage") as info:
+    streaming = _crew(mock, "silent@12").kickoff()
+    with pytest.raises(IncompleteStream, match="without a finish_reason") as info:
         _drain(guard(streaming))
-    assert info.value.reason == "no usage" and info.value.tokens == 9
-    assert streaming.result.token_usage.successful_requests == 0
+    assert type(info.value) is IncompleteStream and info.value.reason == "no finish_reason"
+    assert info.value.tokens == 12 and streaming.result.token_usage.successful_requests == 0
 
 
-def test_guard_on_a_crewai_stream_cannot_see_a_length_cut(mock):
-    # Pins the documented limitation: StreamChunk has no finish_reason, and a length-capped answer
-    # reports usage that matches what was streamed, so it looks complete.
-    streaming = _crew(mock, max_tokens=5).kickoff()
-    assert _drain(guard(streaming)) == 5
-    assert streaming.result.token_usage.completion_tokens == 5
+def test_guard_on_a_crewai_stream_raises_a_length_cut_from_the_llm_call_event(mock):
+    streaming = _crew(mock, max_tokens=12).kickoff()
+    with pytest.raises(LengthTruncation, match="calls ended \\['length'\\]") as info:
+        _drain(guard(streaming))
+    assert info.value.tokens == 12 and info.value.finish == "length"
+    assert streaming.result.token_usage.completion_tokens == 12  # the usage alone matches: it could not tell
+    assert _drain(guard(_crew(mock, max_tokens=12).kickoff(), allow_length=True)) == 12
     from crewai.types.streaming import StreamChunk
 
-    assert not any("finish" in field for field in StreamChunk.model_fields)
+    assert not any("finish" in field for field in StreamChunk.model_fields)  # the chunks still carry none
+
+
+def test_guard_on_concurrent_crewai_streams_counts_each_streams_own_calls():
+    import threading
+
+    outcome, started = {}, []
+
+    def run(name, max_tokens):
+        streaming = _crew(slow, max_tokens=max_tokens).kickoff()
+        try:
+            for n, _ in enumerate(guard(streaming)):
+                if n == 0:
+                    started.append((name, len(outcome)))  # both streams run at once: neither had ended
+            outcome[name] = n + 1
+        except IncompleteStream as exc:
+            outcome[name] = type(exc).__name__
+
+    with sl.time_scale(1.0), sl.MockLLM(tokens=20, ttft=0.0, itl=0.05) as slow:
+        threads = [threading.Thread(target=run, args=args) for args in (("full", None), ("cut", 12))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    assert outcome == {"full": 20, "cut": "LengthTruncation"}
+    assert sorted(started) == [("cut", 0), ("full", 0)]
+
+
+def test_guard_on_an_async_crewai_stream(mock):
+    async def run(max_tokens):
+        streaming = await _crew(mock, max_tokens=max_tokens).kickoff_async()
+        return len([c async for c in guard(streaming)])
+
+    assert asyncio.run(run(None)) == 20
+    with pytest.raises(LengthTruncation):
+        asyncio.run(run(12))
