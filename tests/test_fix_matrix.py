@@ -74,12 +74,12 @@ def test_guard_turns_every_silent_truncation_into_an_error(stored):
     assert len(silent) >= 3, "the openai SDK, LangChain and LangGraph each end a silent@12 quietly"
     for fault, _, client in silent:
         assert stored[(fault, "guard", client)]["outcome"] == "truncation detected", (fault, client)
-    # and no guarded stream is left looking whole while short, but for the documented limitation:
-    # a length cut passes the guard of AutoGen run_stream and CrewAI (no finish_reason reaches the
-    # caller, and the usage matches what was streamed)
+    # and no guarded stream is left looking whole while short, AutoGen's and CrewAI's included: their
+    # guards read the finish_reason where the framework keeps it (the model client's CreateResult,
+    # CrewAI's LLMCallCompletedEvent), so a length cut no longer passes as complete
     short = [k for k, r in stored.items() if k[1] == "guard" and r["outcome"] == "complete"
              and _distinct(r) < int(r["tokens_expected"])]
-    assert short == [(_matrix.LENGTH, "guard", _matrix.AUTOGEN), (_matrix.LENGTH, "guard", _matrix.CREWAI)]
+    assert short == []
 
 
 def _distinct(row):
@@ -87,16 +87,17 @@ def _distinct(row):
     return int(row["tokens_received"]) - int(row["duplicate_tokens"])
 
 
-def test_autogen_and_crewai_call_a_short_answer_complete_and_their_guard_catches_it_by_usage(stored):
+def test_autogen_and_crewai_call_a_short_answer_complete_and_their_guard_catches_it(stored):
     # The recorder reads TaskResult / CrewOutput as the end of the stream: without the guard a silent
-    # truncation is "complete" with 12 of 40 tokens; the guard (usage) names it, and the lost frame too.
+    # truncation is "complete" with 12 of 40 tokens, and so is a length cut; the guard names all three.
     for client in (_matrix.AUTOGEN, _matrix.CREWAI):
         for fault, got in (("silent@12", "12"), ("framing@12", "39")):
             bare, guarded = stored[(fault, "none", client)], stored[(fault, "guard", client)]
             assert (bare["outcome"], bare["tokens_received"]) == ("complete", got), (fault, client)
             assert guarded["outcome"] == "truncation detected", (fault, client)
-        length = stored[(_matrix.LENGTH, "guard", client)]
-        assert (length["outcome"], length["tokens_received"]) == ("complete", "12")
+        bare, length = stored[(_matrix.LENGTH, "none", client)], stored[(_matrix.LENGTH, "guard", client)]
+        assert (bare["outcome"], bare["tokens_received"]) == ("complete", "12"), client
+        assert (length["outcome"], length["tokens_received"]) == ("truncated by length", "12"), client
     for client in (_matrix.SDK, _matrix.LANGCHAIN, _matrix.LANGGRAPH):  # a finish_reason reaches these
         assert stored[(_matrix.LENGTH, "none", client)]["outcome"] == "truncated by length"
 

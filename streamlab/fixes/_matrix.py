@@ -34,19 +34,21 @@ The two agent frameworks are read the way notebooks/01_autogen and 03_crewai tea
     autogen run_stream    ``AssistantAgent(model_client_stream=True).run_stream(task=...)`` over
                           ``OpenAIChatCompletionClient`` (autogen-agentchat/-ext 0.7.5); stream_off is
                           ``model_client_stream=False`` and ``agent.run()``; guard is
-                          ``guard(agent.run_stream(...), require_usage=True)`` with
-                          ``stream_options={"include_usage": True}`` on the model client: no event of
-                          ``run_stream`` carries a finish_reason, so usage is the guard's only witness
+                          ``AssistantAgent(model_client=guard_model_client(client))`` with
+                          ``stream_options={"include_usage": True}`` on the model client, ``run_stream``
+                          iterated as it is: no event of ``run_stream`` carries a finish_reason, so the
+                          guard sits on the model client, where the ``CreateResult`` has it
     crewai Crew stream    ``Crew(stream=True).kickoff()`` (a ``CrewStreamingOutput`` of ``StreamChunk``s,
                           then ``.result``) with ``LLM(stream=True)``, one agent, one task (crewai 1.15.30);
                           stream_off is ``stream=False`` on both and ``kickoff()``'s ``CrewOutput``;
-                          guard is ``guard(crew.kickoff())`` (judged by the crew's usage, no finish_reason
-                          exists in CrewAI's stream)
+                          guard is ``guard(crew.kickoff())`` (the finish_reason of each LLM call, from
+                          ``LLMCallCompletedEvent`` on CrewAI's event bus, then the crew's usage)
 
 Both with ``max_retries=0`` on the openai client (as for every client here) and the framework's own
 retries left as they are (CrewAI's agent retries a failed LLM call: its second attempt's tokens are
-shown after the first's, counted as duplicates). Neither framework passes a finish_reason to the
-caller, so a length cut (``max_tokens=12``) passes their guard: the usage matches what was streamed.
+shown after the first's, counted as duplicates). Neither framework's stream carries a finish_reason,
+so their guards read it where the framework keeps it, and a length cut (``max_tokens=12``) is
+"truncated by length" under the guard too.
 The recorder reads their end event (``TaskResult``, ``CrewOutput``) as the terminal marker, so a short
 answer without the guard is named ``complete`` there: ``tokens_received`` tells. Their counts are
 measured: ``tokens_received`` is the text chunks the caller got (``ModelClientStreamingChunkEvent``,
@@ -122,7 +124,7 @@ QUICK = (("cut@12", "none", SDK), ("cut@12", "continue", SDK), ("cut@12", "backg
          ("silent@12", "none", SDK), ("silent@12", "guard", SDK),
          ("silent@12", "none", LANGCHAIN), ("silent@12", "guard", LANGCHAIN),
          ("context=4", "stream_off", SDK),
-         ("silent@12", "guard", AUTOGEN),   # (no CrewAI cell: importing crewai alone takes ~5 s)
+         ("silent@12", "guard", AUTOGEN), (LENGTH, "guard", AUTOGEN),  # (no CrewAI: its import takes ~5 s)
          ("lb_idle_timeout", "none", HTTPX), ("lb_idle_timeout", "heartbeat", HTTPX),
          ("gateway_deadline", "heartbeat", HTTPX))
 
@@ -238,7 +240,7 @@ def _autogen_run(mock: Any, fix: str, prompt: str, budget: dict) -> tuple[Any, l
 
     from .._recorder import arecord
     from .._timescale import to_real
-    from . import guard
+    from . import guard_model_client
 
     settings = dict(budget)
     if fix == "guard":
@@ -250,13 +252,14 @@ def _autogen_run(mock: Any, fix: str, prompt: str, budget: dict) -> tuple[Any, l
                                             max_retries=0, timeout=to_real(READ_TIMEOUT), model_info=AUTOGEN_INFO,
                                             **settings)
         try:
-            agent = AssistantAgent("writer", model_client=client, model_client_stream=fix != "stream_off")
+            model_client = guard_model_client(client) if fix == "guard" else client
+            agent = AssistantAgent("writer", model_client=model_client, model_client_stream=fix != "stream_off")
             if fix == "stream_off":
                 return await arecord(lambda: agent.run(task=prompt, output_task_messages=False), expected=TOKENS)
 
             async def events() -> Any:
                 stream = agent.run_stream(task=prompt, output_task_messages=False)
-                async for event in guard(stream, require_usage=True) if fix == "guard" else stream:
+                async for event in stream:
                     if type(event).__name__ == "ModelClientStreamingChunkEvent" and event.content:
                         pieces.append(event.content)
                     yield event
