@@ -339,14 +339,16 @@ def short(r):
 fw_rows = []
 for client in (matrix.AUTOGEN, matrix.CREWAI):
     quiet_short = [r["fault"] for r in rows if r["client"] == client and r["fix"] == "none" and short(r)]
-    caught = [f for f in quiet_short if cell(f, "guard", client)["outcome"] == "truncation detected"]
+    caught = [f for f in quiet_short
+              if cell(f, "guard", client)["outcome"] in ("truncation detected", "truncated by length")]
     missed = [f for f in quiet_short if f not in caught]
     twice = [r["fault"] for r in rows if r["client"] == client and r["fix"] == "none" and r["duplicate_tokens"] != "0"]
     fw_rows += [(client, "short answers named `complete` without the guard", len(quiet_short),
                  ", ".join(f"{f} ({cell(f, 'none', client)['tokens_received']}/40)" for f in quiet_short)),
-                (client, "... the guard (usage) turns into `truncation detected`", len(caught), ", ".join(caught)),
-                (client, "... the guard misses (usage matches what was streamed)", len(missed),
-                 ", ".join(f"{f}: {cell(f, 'guard', client)['outcome']}" for f in missed)),
+                (client, "... the guard turns into an error", len(caught),
+                 ", ".join(f"{f}: {cell(f, 'guard', client)['outcome']}" for f in caught)),
+                (client, "... the guard lets pass", len(missed),
+                 ", ".join(f"{f}: {cell(f, 'guard', client)['outcome']}" for f in missed) or "-"),
                 (client, "faults retried by the framework, tokens shown twice (fix none)", len(twice),
                  ", ".join(f"{f} ({cell(f, 'none', client)['tokens_received']}, "
                            f"{cell(f, 'none', client)['model_runs']} runs)" for f in twice) or "-")]
@@ -357,13 +359,16 @@ table(["client", "lesson", "count", "cells"], fw_rows)
 #   `CrewOutput` whether or not the model finished, so the recorder names a body that ended after 12
 #   tokens `complete` (12/40): quieter than the SDK's `silent truncation`. Only `tokens_received` gives
 #   it away.
-# - **Their guard can only read usage.** No `finish_reason` reaches the caller of `run_stream` or of a
-#   crew stream, so `guard(agent.run_stream(...), require_usage=True)` (with `include_usage` on the
-#   model client) and `guard(crew.kickoff())` judge by the usage report: they catch `silent@12` (no
-#   usage chunk) and `framing@12` (39 chunks, usage says 40), and miss `max_tokens=12`, a length cut
-#   whose usage (12) matches what was streamed. The SDK, LangChain and LangGraph see
-#   `finish_reason: "length"` there and say `truncated by length`. To see a length cut in AutoGen,
-#   guard the model client's `create_stream()` or read `finish_reasons()` (section 2 of 01_autogen).
+# - **Their guard reads the finish_reason where the framework keeps it.** No event of `run_stream` and
+#   no `StreamChunk` of a crew carries one, and usage cannot tell a length cut: `max_tokens=12` reports
+#   12 tokens and streams 12. So the AutoGen guard sits on the model client the agent calls,
+#   `AssistantAgent(model_client=guard_model_client(client))`: it raises when the `CreateResult` says
+#   `"length"` or `"unknown"` (none sent), before the agent takes the answer, and `run_stream` raises it
+#   unchanged (a team re-raises it as a `RuntimeError` naming it). `guard(crew.kickoff())` listens to
+#   CrewAI's event bus while it iterates: `LLMCallCompletedEvent.finish_reason` is what the provider
+#   sent. Both turn `max_tokens=12` into `truncated by length` (12/40), like the SDK, LangChain and
+#   LangGraph; `silent@12` (no finish_reason) and `framing@12` (39 chunks, usage says 40, with
+#   `include_usage` on AutoGen's client) into `truncation detected`.
 # - **CrewAI retries, and shows the cut part twice.** The agent retries a failed LLM call
 #   (`max_retry_limit=2`): every mid-stream failure (cut, reset, stall, malformed chunk, error event)
 #   ends `complete` with 52 tokens shown, the first 12 twice, and 2 model runs, and the guard lets it
@@ -377,7 +382,8 @@ table(["client", "lesson", "count", "cells"], fw_rows)
 # **A live slice, recomputed now and compared with the file** (every column but `seconds`):
 
 # %%
-quick = [k for k in matrix.QUICK if k[2] != matrix.HTTPX] + [("cut@12", "none", matrix.CREWAI)]
+quick = [k for k in matrix.QUICK if k[2] != matrix.HTTPX] + [("cut@12", "none", matrix.CREWAI),
+                                                             (matrix.LENGTH, "guard", matrix.CREWAI)]
 fresh = matrix.run_matrix(only=quick)
 stored = {(r["fault"], r["fix"], r["client"]): r for r in rows}
 same = [all(dict(zip(matrix.COLUMNS, c.row()))[col] == stored[c.key][col] for col in matrix.COLUMNS[:-1])
@@ -549,8 +555,8 @@ table(["fix", "verdict", "lesson"], [
      "keep finished steps only; the cut call re-runs: 2 model runs, 12 tokens shown twice"),
     ("6. CrewAI crew.replay", "reproduced",
      "nothing stored for the cut task; replay from the task before re-runs it too: 2 runs each, 12 twice"),
-    ("guard on AutoGen / CrewAI (matrix)", "partly",
-     "usage only: catches silent@12 and framing@12, misses a length cut (max_tokens=12 stays complete, 12/40)"),
+    ("guard on AutoGen / CrewAI (matrix)", "reproduced",
+     "reads the finish_reason where the framework keeps it: max_tokens=12 is truncated by length (12/40)"),
     ("CrewAI's agent retry (matrix)", "partly", "ends every mid-stream cut complete, with 12 tokens shown twice"),
     ("stream_off", "not a fix", "the same faults fail with less: a cut or stall loses the whole answer"),
 ])
