@@ -186,7 +186,8 @@ def _run_stream(mock, spec=None, *, require_usage=False, **settings):
 
 def test_guard_on_autogen_run_stream_sees_no_finish_reason_only_usage(mock):
     # Pins the documented limitation: AssistantAgent keeps the CreateResult to itself; no event carries
-    # a finish_reason, so a silent truncation and a length cut pass a plain guard unnoticed.
+    # a finish_reason, so a silent truncation and a length cut pass a plain guard unnoticed
+    # (guard_model_client, below, reads it on the model client).
     pytest.importorskip("autogen_agentchat")
     for spec, settings, chunks in (("silent@9", {}, 9), (None, {"max_tokens": 5}, 5)):
         events = _run_stream(mock, spec, **settings)  # no error
@@ -257,6 +258,18 @@ def test_guard_model_client_judges_a_non_streamed_create_and_lets_allowed_length
     assert type(error) is LengthTruncation
     _, error, _ = _guarded_agent_run(mock, stream=False)
     assert error is None
+
+    async def run_whole():  # agent.run(), not run_stream: the same exception, unchanged
+        from autogen_agentchat.agents import AssistantAgent
+
+        client = _autogen(mock, max_tokens=12)
+        try:
+            await AssistantAgent("a", model_client=guard_model_client(client), model_client_stream=True).run(task="hi")
+        finally:
+            await client.close()
+
+    with pytest.raises(LengthTruncation):
+        asyncio.run(run_whole())
 
     async def allowed():
         from autogen_core.models import UserMessage

@@ -188,11 +188,11 @@ class _Watch:
             if self.tokens and not self.usage:
                 raise IncompleteStream(f"the crew streamed {self.tokens} content chunks but no LLM call reported "
                                        f"usage (the usage chunk ends a complete stream): a silent truncation",
-                                       reason="no usage", tokens=self.tokens)
+                                       reason="no usage", tokens=self.tokens, finish=self.finish)
             if self.check_usage and self.usage and self.tokens < self.usage:
                 raise UsageMismatch(f"usage says {self.usage} completion tokens, the stream delivered "
                                     f"{self.tokens}", reason="usage mismatch", tokens=self.tokens,
-                                    usage_tokens=self.usage)
+                                    finish=self.finish, usage_tokens=self.usage)
             return
         if self.finish is None:
             raise IncompleteStream(f"the stream ended without a finish_reason {seen}: a silent truncation",
@@ -247,7 +247,7 @@ class _CrewCalls:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._bus.flush()  # the handler runs in CrewAI's thread pool (kickoff flushes too, before it ends)
+        self._bus.flush(timeout=10.0)  # the handler runs in CrewAI's thread pool (kickoff flushes too)
         self._bus.off(self._event, self._handler)
 
     def start(self, first: Any) -> Any:
@@ -351,7 +351,8 @@ def guard_model_client(model_client: Any, *, allow_length: bool = False, require
     (unless ``allow_length``), "unknown" (AutoGen's word for none sent) ``IncompleteStream``, fewer str
     tokens than its usage ``UsageMismatch``; ``require_usage``: no usage report is ``IncompleteStream``.
     ``create`` (``model_client_stream=False``) is judged by its finish_reason alone. Everything else
-    (``model_info``, usage totals, ``close``, token counting) is the wrapped client's.
+    (``model_info``, usage totals, ``close``, token counting) is the wrapped client's; the wrapper is
+    not a declarative component (``agent.dump_component()`` raises TypeError; ``save_state`` works).
     """
     if not all(hasattr(model_client, name) for name in ("create", "create_stream", "model_info")):
         raise TypeError(f"guard_model_client() takes an AutoGen ChatCompletionClient, "

@@ -145,7 +145,9 @@ def finish_reasons() -> Iterator[_Calls]:
 
     AutoGen logs ``LLMCallEvent`` after ``create()`` and ``LLMStreamEndEvent`` after ``create_stream()``
     at INFO level; this handler reads their ``response``. The logger's level and propagation are
-    restored on exit.
+    restored on exit. It observes the whole process (outside a runtime the events carry no agent id):
+    to make a run raise on a length cut or a missing finish_reason, wrap its model client in
+    ``streamlab.fixes.guard_model_client`` instead.
     """
     from autogen_core import EVENT_LOGGER_NAME
 
