@@ -69,6 +69,19 @@ def test_heartbeat_beats_an_lb_idle_timeout_and_not_a_gateway_deadline(stored):
     assert outcome("gateway_deadline", "heartbeat") == outcome("gateway_deadline", "none") == "cut mid-stream"
 
 
+def test_heartbeat_pings_held_by_buffered_gzip_do_not_reach_the_idle_timeout_in_front(stored):
+    def cell(fault, fix):
+        row = stored[(fault, fix, "httpx SSE")]
+        return row["outcome"], row["tokens_received"]
+
+    # unbuffered gzip flushes every read: the pings pass and hold the balancer's idle timer
+    assert cell("nginx_gzip>lb_idle_timeout", "heartbeat") == ("complete", "40")
+    # gzip behind proxy_buffering holds everything (the head too) until the end, pings included
+    assert cell("nginx_buffering+gzip", "none") == cell("nginx_buffering+gzip", "heartbeat") == ("buffered", "40")
+    assert cell("nginx_buffering+gzip>lb_idle_timeout", "none") == \
+        cell("nginx_buffering+gzip>lb_idle_timeout", "heartbeat") == ("http error", "0")
+
+
 def test_guard_turns_every_silent_truncation_into_an_error(stored):
     silent = [k for k, r in stored.items() if k[1] == "none" and r["outcome"] == "silent truncation"]
     assert len(silent) >= 3, "the openai SDK, LangChain and LangGraph each end a silent@12 quietly"

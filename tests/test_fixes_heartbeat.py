@@ -49,6 +49,37 @@ def test_heartbeat_does_not_beat_a_gateway_deadline(stack):
     assert "[DONE]" not in data and PING.decode() in result.text
 
 
+def test_heartbeat_pings_are_held_with_the_stream_by_nginx_gzip_behind_buffering(stack):
+    """Real nginx (proxy_buffering on, gzip on for SSE) next to an app that sends no X-Accel-Buffering,
+    a balancer with an idle timeout in front speaking HTTP/1.1: the pings never reach the balancer."""
+    if not sl.nginx_available():
+        pytest.skip("nginx is not installed")
+    idle = [sl.hops.IdleTimeout(seconds=10)]
+    with sl.proxy_for(upstream=stack.url, faults=[sl.hops.Buffering(), sl.hops.Gzip()]) as nginx, \
+            sl.Proxy(upstream=nginx.url, faults=idle, proxy_http_version="1.1") as lb:
+        assert nginx.kind.startswith("real nginx")
+        held = sl.read_stream(f"{lb.url}/sse?spec={STALL}&every=5&accel=", timeout=None)
+    with sl.proxy_for(upstream=stack.url, faults=[sl.hops.Buffering()]) as nginx, \
+            sl.Proxy(upstream=nginx.url, faults=idle, proxy_http_version="1.1") as lb:
+        flowing = sl.read_stream(f"{lb.url}/sse?spec={STALL}&every=5&accel=", timeout=None)
+    assert held.status == 504 and not held.events
+    assert flowing.outcome == "complete" and flowing.events[-1]["data"] == "[DONE]"
+
+
+def test_the_heartbeat_app_sends_the_x_accel_buffering_it_is_asked_for(stack):
+    import httpx
+
+    def accel(value):
+        with httpx.stream("GET", f"{stack.url}/sse", params={"accel": value}, timeout=30) as r:
+            r.read()
+            return r.status_code, r.headers.get("x-accel-buffering"), r.headers["content-type"]
+
+    assert accel("no")[:2] == (200, "no")
+    assert accel("")[:2] == (200, None)
+    status, _, ctype = accel("maybe")
+    assert status == 400 and ctype.startswith("application/json")
+
+
 def test_heartbeat_wrapper_never_cancels_the_pending_read():
     async def slow():
         for i in range(3):

@@ -104,12 +104,37 @@ sl.compare(no_ping=through(deadline, 0), ping_every_5s=through(deadline, 5), plo
 # **Verdict: reproduced.** The ping holds the stream through the idle timeout (40 of 40 tokens, where
 # the bare stream is cut after 3) and does nothing against the deadline (cut after 3 both times). The
 # matrix below adds nginx's read timeout (held), a serverless kill and the `api_gateway`,
-# `serverless` and `gcp_load_balancer` profiles (not held). One claim we could *not* reproduce: that
-# gzip or buffering in front of an idle timeout swallows the pings. Through the embedded proxy
-# (`nginx_gzip>lb_idle_timeout`, `nginx_buffering>lb_idle_timeout` in the matrix) the pings get
-# through and the stream completes, because the heartbeat app's chunked frames are flushed one by
-# one; a hop that really holds the bytes back holds the pings with them (the heat map is measured
-# with the embedded proxy only, not with real nginx).
+# `serverless` and `gcp_load_balancer` profiles (not held).
+
+# %% [markdown]
+# **Measured: a hop that holds the pings back.** A ping only counts if it reaches the hop that times
+# out. Real nginx next to the app, with `proxy_buffering on` (its default) and `gzip on` for
+# `text/event-stream`; the app sends no `X-Accel-Buffering` header; in front, a balancer with the
+# 10 s idle timeout that speaks HTTP/1.1 to nginx (as the cloud balancers do; nginx compresses only
+# HTTP/1.1 requests). Pings every 5 s, with gzip on, then off:
+
+# %%
+def through_nginx(nginx_faults, every=5):
+    """The heartbeat app behind real nginx (``nginx_faults``) behind a balancer with a 10 s idle timeout."""
+    with sl.proxy_for(upstream=app.url, faults=nginx_faults) as nginx, \
+            Proxy(upstream=nginx.url, faults=idle, proxy_http_version="1.1") as lb:
+        run = record_sse(f"{lb.url}/sse?spec=stall@3=30&every={every}&accel=", expected=40, itl=0.05,
+                         timeout=None)
+    print(f"{nginx.kind}: {run.outcome}, {run.tokens}/40 tokens, status {run.status}")
+    return run
+
+
+held = through_nginx([hops.Buffering(), hops.Gzip()])
+flowing = through_nginx([hops.Buffering()])
+
+# %% [markdown]
+# **Verdict: reproduced.** With gzip behind buffering nginx holds everything, the response head
+# included, until the end; the pings sit in its gzip buffer, the balancer sees no byte for 10 s and
+# answers 504 (`http error`, 0 tokens) with or without them. Without gzip the same nginx passes the
+# app's chunked frames read by read, pings included, and the stream completes. The matrix has both
+# with the embedded proxy (`nginx_buffering+gzip>lb_idle_timeout`: http error either way;
+# `nginx_gzip>lb_idle_timeout`: unbuffered gzip flushes every read, so the ping holds). The fix for a
+# held stream is upstream of the heartbeat: `X-Accel-Buffering: no` from the app, or gzip off for SSE.
 
 # %% [markdown]
 # ## 2. A completeness guard against silent truncation (streamlab, guard)
@@ -261,7 +286,7 @@ table(["client", "tokens shown", "duplicates", "model runs", "reconnects"], [
 # ## 5. The fault x fix matrix
 #
 # `data/fix_matrix.csv` has one row per (fault, fix, client): `.venv/bin/python -m
-# streamlab.fixes._matrix` reruns all of it (263 cells in about 2.5 minutes on 2 cores; the versions
+# streamlab.fixes._matrix` reruns all of it (267 cells in about 2.5 minutes on 2 cores; the versions
 # that made it are in `data/fix_matrix.versions.json`). Model faults (every fault of
 # `streamlab.faults` at token 12, plus `max_tokens=12`: the request's own budget cuts the answer with
 # `finish_reason: "length"`) are read by five clients: the raw openai SDK, LangChain `ChatOpenAI`, a
@@ -546,7 +571,7 @@ table(["mechanism", "tokens shown", "duplicates", "model runs of the cut call", 
 
 # %%
 table(["fix", "verdict", "lesson"], [
-    ("1. heartbeat", "reproduced", "holds against idle and read timeouts; nothing against a deadline or a kill"),
+    ("1. heartbeat", "reproduced", "holds against idle and read timeouts; nothing against a deadline, a kill, or gzip behind buffering"),
     ("2. guard", "reproduced", "every silent truncation becomes `truncation detected`; it detects, not recovers"),
     ("3. resume", "reproduced", "worker kill, network drop, client abort: complete, 0 duplicates, 1 model run"),
     ("4. background / continue", "reproduced", "no token shown twice; background runs the model once"),

@@ -1,6 +1,6 @@
 """The fault x fix matrix: every fault against every fix that applies, each cell a real run.
 
-    .venv/bin/python -m streamlab.fixes._matrix                  # the full run -> data/fix_matrix.csv (263 cells, ~2.5 min)
+    .venv/bin/python -m streamlab.fixes._matrix                  # the full run -> data/fix_matrix.csv (267 cells, ~2.5 min)
     .venv/bin/python -m streamlab.fixes._matrix --quick --out /tmp/slice.csv   # the fast slice (about 12 s)
 
     rows = run_matrix(only=QUICK)          # [Cell(fault, fix, client, outcome, ...), ...]
@@ -17,7 +17,9 @@ Four groups of faults, each on the stack it needs (all on loopback, ``sl.time_sc
                     fixes: none, stream_off, guard (all clients); continue, background (openai SDK,
                     not on max_tokens=12)
     hop faults      a 30 s model stall after 3 tokens, relayed as SSE by the heartbeat demo app
-                    (real uvicorn) behind the embedded proxy playing one hop; read by httpx
+                    (real uvicorn, no ``X-Accel-Buffering`` header) behind the embedded proxy
+                    playing one hop or a chain (the hop next to the app speaks HTTP/1.0 upstream
+                    like nginx's default, a balancer in front of it HTTP/1.1); read by httpx
                     fixes: none (no ping), heartbeat (a ``: ping`` every 5 s)
     process faults  the resumable demo app on 2 gunicorn replicas x 2 workers behind a round-robin
                     balancer, a real redis-server; read by httpx (``resume_stream`` with resume)
@@ -422,8 +424,10 @@ def hop_faults() -> dict[str, list]:
         "lb_idle_timeout": [hops.IdleTimeout(seconds=10)],
         "gateway_deadline": [hops.Deadline(seconds=20)],
         "serverless_kill": [hops.KillAfter(seconds=20)],
+        "nginx_buffering+gzip": [hops.Buffering(), hops.Gzip()],
         "nginx_gzip>lb_idle_timeout": ([hops.Gzip()], [hops.IdleTimeout(seconds=10)]),
         "nginx_buffering>lb_idle_timeout": ([hops.Buffering()], [hops.IdleTimeout(seconds=10)]),
+        "nginx_buffering+gzip>lb_idle_timeout": ([hops.Buffering(), hops.Gzip()], [hops.IdleTimeout(seconds=10)]),
     }
     for name, profile in hops.PROFILES.items():
         out[f"{name}_profile"] = list(profile())
@@ -449,12 +453,18 @@ def _hop_cells(wanted: set | None) -> Iterator[Cell]:
                                            env={"STREAMLAB_MODEL_URL": mock.base_url}) as app:
         for name, faults, fix in todo:
             prompt = f"fix matrix {name} {fix} {uuid.uuid4().hex[:8]}"
-            query = urlencode({"q": prompt, "spec": STALL, "every": 5 if fix == "heartbeat" else 0})
+            # accel "": the app sends no X-Accel-Buffering (that header is a fix of its own), so a
+            # buffering hop really buffers
+            query = urlencode({"q": prompt, "spec": STALL, "every": 5 if fix == "heartbeat" else 0, "accel": ""})
             t0 = time.monotonic()
             with contextlib.ExitStack() as chain:
                 url = app.url
-                for hop in (faults if isinstance(faults, tuple) else (faults,)):
-                    url = chain.enter_context(Proxy(upstream=url, faults=hop)).url
+                for i, hop in enumerate(faults if isinstance(faults, tuple) else (faults,)):
+                    # the hop next to the app speaks nginx's default HTTP/1.0 upstream; a balancer in
+                    # front of it speaks HTTP/1.1 (as ALB and the cloud LBs do), so nginx's gzip,
+                    # which compresses only HTTP/1.1 requests, applies behind it
+                    version = "1.0" if i == 0 else "1.1"
+                    url = chain.enter_context(Proxy(upstream=url, faults=hop, proxy_http_version=version)).url
                 run = record_sse(f"{url}/sse?{query}", expected=TOKENS, itl=MODEL["itl"], timeout=None)
             yield _cell(name, fix, HTTPX, run, None, _model_runs(mock, prompt), t0)
 
