@@ -160,3 +160,18 @@ def test_quiet_records_crewais_first_run_in_streamlabs_private_storage_so_no_tra
     assert os.environ["CREWAI_STORAGE_DIR"] == crewai_storage_dir()
     slc.quiet()
     assert not is_first_execution()
+
+
+def test_quiet_clears_the_first_run_latch_crewai_set_at_import():
+    """``import crewai`` builds the trace listener, which reads "first execution?" once; a fresh private
+    storage says yes, and the panel would print from a handler thread at the first crew's end."""
+    from crewai.events.listeners.tracing.trace_listener import TraceCollectionListener
+
+    from streamlab._offline import crewai_storage_dir
+
+    if crewai_storage_dir() is None:
+        pytest.skip("CREWAI_STORAGE_DIR was set before streamlab started: quiet() leaves it alone")
+    handler = TraceCollectionListener().first_time_handler   # the singleton import crewai made
+    handler.is_first_time = True                              # what import crewai latches in fresh storage
+    slc.quiet()
+    assert handler.is_first_time is False

@@ -123,8 +123,15 @@ def test_workers_die_with_the_process_that_started_them(clean_slate, tmp_path):
 
 
 def test_cli_workers_serves_from_two_processes(clean_slate):
-    proc = sl._lifetime.popen([sys.executable, "-m", "streamlab", "mock", "--workers", "2", "--tokens", "5"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C stops it. A shell's `cmd &` without job control starts its children with SIGINT ignored,
+    # and an ignored signal stays ignored across exec (then Ctrl-C means nothing, by design); a handler
+    # here is reset to the default in the child, so the child gets SIGINT as a terminal user's would.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = sl._lifetime.popen([sys.executable, "-m", "streamlab", "mock", "--workers", "2", "--tokens", "5"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         line = proc.stdout.readline()
         assert "2 worker processes" in line, line + proc.stderr.read()

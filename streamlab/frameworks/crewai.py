@@ -320,7 +320,10 @@ def quiet() -> LogBook:
     "Tracing Preference Saved" panel, which rich prints straight into a notebook (past ``sys.stdout``).
     ``sl.offline()`` gives every process a fresh private directory, so every notebook would show it;
     ``quiet()`` records the first run as done, declined (CrewAI's ``mark_first_execution_done``), in that
-    private directory only. A ``CREWAI_STORAGE_DIR`` the user set is left alone.
+    private directory only. A ``CREWAI_STORAGE_DIR`` the user set is left alone. CrewAI reads the
+    flag once, when ``import crewai`` builds its trace listener (``first_time_handler.is_first_time``),
+    so ``quiet()`` clears that latch too; otherwise the panel still comes at the first crew's end, printed
+    from CrewAI's handler thread into whichever cell is running then (or none).
     """
     global _logbook
     if _logbook is None:
@@ -334,6 +337,12 @@ def quiet() -> LogBook:
 
         if is_first_execution():
             mark_first_execution_done(user_consented=False)
+        from crewai.events.listeners.tracing.trace_listener import TraceCollectionListener
+
+        listener = TraceCollectionListener._instance
+        handler = getattr(listener, "first_time_handler", None)
+        if handler is not None:
+            handler.is_first_time = False
     from crewai.events import event_context
 
     event_context._default_config.mismatch_behavior = event_context.MismatchBehavior.SILENT
