@@ -8,8 +8,7 @@ import random
 import re
 import threading
 import time
-from dataclasses import dataclass
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterator
 
 import httpx
