@@ -80,12 +80,18 @@ def test_a_right_diagnosis_with_a_wrong_fix_scores_without_the_fix_and_the_right
     assert [r.clock for r in drill.results] == [10, 20, 30]
 
 
-def test_the_debrief_names_the_cause_and_draws_every_hop():
-    drill = drills.Drill(seed=drills.seed_for("silent_truncation"))
+def _debrief(kind):
+    """The debrief of ``kind``'s drill: what it printed, and its figure."""
+    drill = drills.Drill(seed=drills.seed_for(kind))
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         figure = drill.debrief()
-    assert "cause: silent_truncation at the model" in out.getvalue()
+    return out.getvalue(), figure
+
+
+def test_the_debrief_names_the_cause_and_draws_every_hop():
+    printed, figure = _debrief("silent_truncation")
+    assert "cause: silent_truncation at the model" in printed
     labels = [t.get_text() for t in figure.axes[0].get_yticklabels()]
     assert any("model" in t for t in labels) and any("edge" in t for t in labels) and any("client" in t for t in labels)
 
@@ -198,11 +204,8 @@ def test_the_wsgi_relay_answers_bad_requests_with_a_clear_json_error():
 
 
 def test_the_sync_worker_debrief_marks_gunicorns_kill_on_the_app_lane():
-    drill = drills.Drill(seed=drills.seed_for("sync_worker_timeout"))
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        figure = drill.debrief()
-    assert "cause: worker_timeout at the app" in out.getvalue()
+    printed, figure = _debrief("sync_worker_timeout")
+    assert "cause: worker_timeout at the app" in printed
     labels = [t.get_text() for t in figure.axes[0].get_yticklabels()]
     assert "app (gunicorn's log)" in labels, labels
     assert "WORKER TIMEOUT" in [t.get_text() for t in figure.axes[0].texts]
